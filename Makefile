@@ -1,0 +1,42 @@
+# Lanes: `make run` serves the API on http://127.0.0.1:8080; `make test` runs every test.
+PY := .venv/bin/python
+PORT ?= 8080
+WORKERS ?= 2
+
+.PHONY: setup run test unit integration faults lint format services stop clean
+
+setup:  ## install everything a fresh machine needs (idempotent)
+	@scripts/setup.sh
+
+run: setup  ## the whole stack on the embedded default; Ctrl-C stops it
+	$(PY) -m deploy.runner --port $(PORT) --workers $(WORKERS)
+
+test: setup lint  ## the full suite against real RabbitMQ and FerretDB
+	$(PY) -m pytest
+
+unit: setup
+	$(PY) -m pytest tests/unit
+
+integration: setup
+	$(PY) -m pytest tests/integration
+
+faults: setup
+	$(PY) -m pytest tests/faults
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy shared/lanes
+
+format: setup
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+services: setup  ## start the embedded RabbitMQ and FerretDB and leave them running
+	$(PY) -m deploy.services up
+
+stop:  ## stop the embedded RabbitMQ and FerretDB started by `make services`
+	$(PY) -m deploy.services down
+
+clean: stop
+	rm -rf .lanes .venv

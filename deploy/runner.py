@@ -1,0 +1,187 @@
+"""The local runner: the whole stack on one machine, as template.yaml describes it.
+
+Each HTTP function runs as its own gunicorn process on a port of its own; nginx,
+a real reverse proxy, serves them all under one base URL the way an OpenFaaS
+gateway or a Knative ingress would; the worker runs as WORKERS processes.
+Ctrl-C (or SIGTERM) stops everything this runner started, in reverse order.
+
+    python -m deploy.runner [--port 8080] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploy import services
+from deploy.template import ROOT, Function, Template, load
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+@dataclass
+class Stack:
+    """The processes of one running stack, so they can be stopped together."""
+
+    processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str], cwd: Path = ROOT) -> None:
+        process = subprocess.Popen(argv, env=env, cwd=cwd)
+        self.processes.append((name, process))
+
+    def stop(self, grace: float = 25.0) -> None:
+        for _name, process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for _name, process in reversed(self.processes):
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def exited(self) -> list[str]:
+        return [name for name, process in self.processes if process.poll() is not None]
+
+
+def function_env(template: Template, function: Function, base: dict[str, str]) -> dict[str, str]:
+    env = {**template.env, **function.env, **base}
+    if not function.signs_tokens:
+        # Only the token-signing function may hold the private key.
+        env.pop("JWT_PRIVATE_KEY_FILE", None)
+    return env
+
+
+def base_env(data_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("DATA_DIR", str(data_dir))
+    env["PYTHONUNBUFFERED"] = "1"
+    if not (env.get("JWT_SECRET") or env.get("JWT_PUBLIC_KEY_FILE")):
+        from lanes.tokens import ensure_local_keys
+
+        private, public = ensure_local_keys(Path(env["DATA_DIR"]) / "keys")
+        env["JWT_PRIVATE_KEY_FILE"], env["JWT_PUBLIC_KEY_FILE"] = str(private), str(public)
+    return env
+
+
+def nginx_config(template: Template, port: int, ports: dict[str, int], run_dir: Path) -> str:
+    upstreams, locations = [], []
+    for function in template.http_functions:
+        upstreams.append(f"  upstream {function.name} {{ server 127.0.0.1:{ports[function.name]}; keepalive 32; }}")
+        for route in function.routes:
+            match = route.path if route.prefix else f"= {route.path}"
+            locations.append(f"    location {match} {{ proxy_pass http://{function.name}; }}")
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    return f"""{user}worker_processes 1;
+pid {run_dir}/nginx.pid;
+error_log stderr warn;
+daemon off;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {run_dir}/client_body;
+  proxy_temp_path {run_dir}/proxy;
+  fastcgi_temp_path {run_dir}/fastcgi;
+  uwsgi_temp_path {run_dir}/uwsgi;
+  scgi_temp_path {run_dir}/scgi;
+  # The functions enforce the real body limit and answer 413 in Lanes' error shape.
+  client_max_body_size 16m;
+  proxy_http_version 1.1;
+  proxy_set_header Connection "";
+  proxy_set_header Host $host;
+  proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+  proxy_read_timeout 60s;
+{chr(10).join(upstreams)}
+  server {{
+    listen 127.0.0.1:{port};
+    default_type application/json;
+{chr(10).join(locations)}
+    location / {{ return 404 '{{"error": "not_found", "message": "No such route."}}\\n'; }}
+  }}
+}}
+"""
+
+
+def start(template: Template, port: int, workers: int, data_dir: Path) -> Stack:
+    run_dir = data_dir / "run" / f"http-{port}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = base_env(data_dir)
+    stack = Stack()
+    ports = {f.name: port + 1 + i for i, f in enumerate(template.http_functions)}
+    for function in template.http_functions:
+        function_dir = ROOT / function.source
+        fenv = function_env(template, function, env)
+        fenv["BIND"] = f"127.0.0.1:{ports[function.name]}"
+        fenv.setdefault("WEB_CONCURRENCY", "1")
+        argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--no-control-socket", function.app]
+        stack.start(function.name, argv, fenv, cwd=function_dir)
+    (run_dir / "nginx.conf").write_text(nginx_config(template, port, ports, run_dir))
+    stack.start("router", [NGINX, "-c", str(run_dir / "nginx.conf"), "-p", str(run_dir)], env)
+    worker = template.function("worker")
+    for index in range(workers):
+        stack.start(
+            f"worker-{index}",
+            [sys.executable, *worker.command[1:]],
+            function_env(template, worker, env),
+            cwd=ROOT / worker.source,
+        )
+    return stack
+
+
+def wait_ready(port: int, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("HTTP_PORT", "8080")))
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "2")))
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DATA_DIR", ROOT / ".lanes")))
+    args = parser.parse_args(argv)
+
+    started_services = services.up()
+    stopping = False
+
+    def request_stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    stack = start(load(), args.port, args.workers, args.data_dir.resolve())
+    try:
+        if wait_ready(args.port):
+            print(f"Lanes is serving on http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
+        else:
+            print("Lanes did not become ready; see the logs above", file=sys.stderr, flush=True)
+        while not stopping:
+            if dead := stack.exited():
+                print(f"stopping: {', '.join(dead)} exited", file=sys.stderr, flush=True)
+                return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        stack.stop()
+        services.down(started_services)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

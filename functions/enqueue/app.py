@@ -1,0 +1,49 @@
+"""The enqueue function: POST /enqueue puts a request at the tail of the caller's lane."""
+
+from __future__ import annotations
+
+from flask import Flask, Response, g, jsonify, request
+from lanes import validation
+from lanes.actions import build_registry
+from lanes.broker import ChannelPool, open_connection
+from lanes.db import connect, ensure_indexes, ping
+from lanes.errors import DatabaseError
+from lanes.logs import configure_logging
+from lanes.queueing import Enqueuer, LanePublisher
+from lanes.requests import Requests, public_view
+from lanes.settings import Settings, load_settings
+from lanes.tokens import TokenService
+from lanes.users import Sessions, Users
+from lanes.web import authenticate, create_base_app, health_blueprint, json_body
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or load_settings()
+    configure_logging("enqueue", settings.log_level)
+    db = connect(settings)
+    try:
+        ensure_indexes(db)
+    except DatabaseError:
+        pass  # the database may come up after us; the worker creates the indexes too
+    sessions = Sessions(Users(db), TokenService(settings, can_sign=False))
+    known_actions = build_registry(settings).names
+    enqueuer = Enqueuer(settings, Requests(db), LanePublisher(settings, ChannelPool(settings)))
+    app = create_base_app("enqueue", settings)
+    app.register_blueprint(
+        health_blueprint({"database": lambda: ping(db), "broker": lambda: open_connection(settings).close()})
+    )
+
+    @app.post("/enqueue")
+    def enqueue() -> tuple[Response, int]:
+        user, _claims = authenticate(sessions)
+        body = validation.enqueue_body(json_body(), known_actions)
+        key = validation.idempotency_key(request.headers.get("Idempotency-Key"))
+        accepted = enqueuer.enqueue(user.id, body, key)
+        g.request_id = accepted.record["_id"]
+        if not accepted.created:
+            return jsonify(public_view(accepted.record)), 200
+        response = jsonify({"request_id": accepted.record["_id"], "status": "queued", "position": accepted.position})
+        response.headers["Location"] = f"/requests/{accepted.record['_id']}"
+        return response, 202
+
+    return app

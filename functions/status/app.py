@@ -1,0 +1,49 @@
+"""The status function: read, list and cancel one's own requests; the stack's probes."""
+
+from __future__ import annotations
+
+from flask import Flask, Response, jsonify, request
+from lanes import validation
+from lanes.broker import open_connection
+from lanes.db import connect, ping
+from lanes.logs import configure_logging
+from lanes.requests import Requests, public_view
+from lanes.settings import Settings, load_settings
+from lanes.tokens import TokenService
+from lanes.users import Sessions, Users
+from lanes.web import authenticate, create_base_app, health_blueprint
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or load_settings()
+    configure_logging("status", settings.log_level)
+    db = connect(settings)
+    sessions = Sessions(Users(db), TokenService(settings, can_sign=False))
+    requests = Requests(db)
+    app = create_base_app("status", settings)
+    app.register_blueprint(
+        health_blueprint({"database": lambda: ping(db), "broker": lambda: open_connection(settings).close()})
+    )
+
+    @app.get("/requests/<request_id>")
+    def get_request(request_id: str) -> Response:
+        user, _claims = authenticate(sessions)
+        record = requests.get_owned(validation.request_id(request_id), user.id)
+        return jsonify(public_view(record))
+
+    @app.delete("/requests/<request_id>")
+    def cancel_request(request_id: str) -> Response:
+        user, _claims = authenticate(sessions)
+        record = requests.cancel(validation.request_id(request_id), user.id)
+        return jsonify(public_view(record))
+
+    @app.get("/requests")
+    def list_requests() -> Response:
+        user, _claims = authenticate(sessions)
+        query = validation.list_query(request.args.to_dict(flat=True))
+        records = requests.list_owned(user.id, query.status, query.limit + 1, query.after)
+        page = records[: query.limit]
+        next_after = page[-1]["_id"] if len(records) > query.limit else None
+        return jsonify({"items": [public_view(r) for r in page], "next_after": next_after})
+
+    return app

@@ -1,0 +1,82 @@
+"""The MongoDB connection, the collections Lanes keeps, and pymongo errors translated at the edge.
+
+Every hot-path query is by `_id` (a find, an insert or a find-and-modify): that is
+what both MongoDB and the embedded FerretDB answer through an index.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
+
+import pymongo
+from pymongo import MongoClient
+from pymongo.database import Database
+from pymongo.errors import OperationFailure, PyMongoError
+
+from lanes.errors import DatabaseError
+from lanes.settings import Settings
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def connect(settings: Settings) -> Database[dict[str, Any]]:
+    """A database handle; pymongo connects lazily and reconnects by itself after outages."""
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        settings.mongo_uri,
+        serverSelectionTimeoutMS=3000,
+        connectTimeoutMS=3000,
+        socketTimeoutMS=15000,
+        tz_aware=True,
+        appname="lanes",
+    )
+    return client.get_database(settings.database_name)
+
+
+def ensure_indexes(db: Database[dict[str, Any]]) -> None:
+    """Create the indexes Lanes relies on; safe to repeat."""
+    db.requests.create_index([("user_id", pymongo.ASCENDING), ("_id", pymongo.ASCENDING)])
+    db.requests.create_index([("status", pymongo.ASCENDING), ("created_at", pymongo.ASCENDING)])
+    try:
+        db.revoked_tokens.create_index("expires_at", expireAfterSeconds=0)
+    except OperationFailure:
+        # FerretDB has no TTL indexes; `purge_expired_revocations` prunes instead.
+        pass
+
+
+def translate_errors(func: Callable[P, T]) -> Callable[P, T]:
+    """Turn pymongo's connection failures into DatabaseError so callers never import pymongo."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return func(*args, **kwargs)
+        except (pymongo.errors.DuplicateKeyError, OperationFailure):
+            raise
+        except PyMongoError as error:
+            raise DatabaseError(str(error)) from None
+
+    return wrapper
+
+
+def now() -> datetime:
+    """The current UTC time at millisecond precision, as BSON stores it."""
+    moment = datetime.now(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def iso(moment: datetime | None) -> str | None:
+    """ISO-8601 UTC with milliseconds and a Z suffix, as the API promises."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@translate_errors
+def ping(db: Database[dict[str, Any]]) -> None:
+    db.command("ping")

@@ -1,0 +1,155 @@
+"""Accepting a request into its user's lane: stored, published, and its lane woken.
+
+The order of steps is the durability argument (docs/design.md):
+1. the record is inserted in MongoDB (status `queued`, `published: false`);
+2. the request's message is published to the lane queue with a publisher confirm,
+   so it is on the broker's disk before we go on;
+3. the lane queue's depth is read *after* that publish; when ours is the only
+   ready message, a wake-up token goes to the ready queue (else the message ahead
+   of ours already has one, or a worker is running the lane and will look again);
+4. only then does the client get 202.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+
+from lanes.broker import (
+    PERSISTENT,
+    PRECONDITION_FAILED,
+    ChannelPool,
+    QueueNames,
+    declare_ready_queue,
+    encode,
+    lane_arguments,
+)
+from lanes.errors import BrokerError, DatabaseError, TooManyRequests, Unavailable
+from lanes.requests import Requests, body_fingerprint, new_request_id
+from lanes.settings import Settings
+from lanes.validation import EnqueueBody
+
+
+@dataclass(frozen=True)
+class Accepted:
+    record: dict[str, Any]
+    position: int
+    created: bool
+
+
+class LaneFull(Exception):
+    pass
+
+
+class LanePublisher:
+    """Publishes requests into lane queues and wakes lanes; one per process."""
+
+    def __init__(self, settings: Settings, pool: ChannelPool) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._names = QueueNames(settings.queue_prefix)
+        self._ready_declared = False
+
+    def publish(self, user_id: str, request_id: str) -> int:
+        """Put the request at the tail of its lane; returns how many ready requests are ahead.
+
+        Raises LaneFull, or BrokerError when the message did not reach the broker's disk.
+        """
+        lane = self._names.lane(user_id)
+        message = encode({"request_id": request_id, "user_id": user_id})
+        with self._pool.channel() as channel:
+            # Declaring right before publishing restarts the lane's idle timer, so the
+            # broker cannot expire the lane (and our message with it) under us.
+            channel = self._declare_lane(channel, lane)
+            try:
+                channel.basic_publish("", lane, message, PERSISTENT, mandatory=True)
+            except pika.exceptions.NackError:
+                raise LaneFull from None
+            except pika.exceptions.UnroutableError:
+                channel = self._declare_lane(channel, lane)
+                channel.basic_publish("", lane, message, PERSISTENT, mandatory=True)
+            try:
+                return self._wake(channel, user_id, lane)
+            except (pika.exceptions.AMQPError, OSError):
+                # The request is durable already; a lost wake-up is repaired by the
+                # worker's sweeper, so the client still gets its 202.
+                return 0
+
+    def _wake(self, channel: BlockingChannel, user_id: str, lane: str) -> int:
+        ready = int(channel.queue_declare(lane, passive=True).method.message_count)
+        if ready <= 1:
+            if not self._ready_declared:
+                declare_ready_queue(channel, self._names)
+                self._ready_declared = True
+            token = encode({"user_id": user_id})
+            channel.basic_publish("", self._names.ready, token, PERSISTENT, mandatory=True)
+        return max(0, ready - 1)
+
+    def _declare_lane(self, channel: BlockingChannel, lane: str) -> BlockingChannel:
+        try:
+            channel.queue_declare(lane, durable=True, arguments=lane_arguments(self._settings))
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if error.reply_code != PRECONDITION_FAILED:
+                raise
+            # The lane exists with other arguments (settings changed since): use it as is.
+            channel = self._pool.reopen(channel)
+            channel.queue_declare(lane, passive=True)
+        return channel
+
+
+class Enqueuer:
+    def __init__(self, settings: Settings, requests: Requests, publisher: LanePublisher) -> None:
+        self._settings = settings
+        self._requests = requests
+        self._publisher = publisher
+
+    def enqueue(self, user_id: str, body: EnqueueBody, idempotency_key: str | None) -> Accepted:
+        fingerprint = body_fingerprint(body.action, body.data)
+        request_id = new_request_id()
+        try:
+            if idempotency_key is not None:
+                binding = self._requests.reserve_key(user_id, idempotency_key, request_id, fingerprint)
+                if binding is not None:
+                    earlier = self._requests.get(binding["request_id"])
+                    if earlier is not None:
+                        return Accepted(record=earlier, position=0, created=False)
+                    # An earlier attempt bound the key and died before storing: finish its job.
+                    request_id = binding["request_id"]
+            record = self._requests.create(request_id, user_id, body.action, body.data, fingerprint)
+        except DatabaseError:
+            raise self._unavailable("The database is unavailable.") from None
+        try:
+            position = self._publisher.publish(user_id, request_id)
+        except LaneFull:
+            self._forget(request_id, user_id, idempotency_key)
+            raise TooManyRequests(
+                f"Your lane holds {self._settings.lane_depth_limit} requests already.",
+                retry_after=self._settings.retry_after_seconds,
+                code="lane_full",
+            ) from None
+        except BrokerError:
+            self._forget(request_id, user_id, idempotency_key)
+            raise self._unavailable("The message broker is unavailable.") from None
+        try:
+            self._requests.mark_published(request_id)
+        except DatabaseError:
+            # The message is on the broker's disk and will run; the flag only
+            # helps find records that never reached the broker.
+            pass
+        record["published"] = True
+        return Accepted(record=record, position=position, created=True)
+
+    def _forget(self, request_id: str, user_id: str, idempotency_key: str | None) -> None:
+        """Undo the record of a request that was refused, so nothing is half-stored."""
+        try:
+            self._requests.discard(request_id)
+            if idempotency_key is not None:
+                self._requests.release_key(user_id, idempotency_key)
+        except DatabaseError:
+            pass
+
+    def _unavailable(self, message: str) -> Unavailable:
+        return Unavailable(message, retry_after=self._settings.retry_after_seconds)

@@ -1,0 +1,231 @@
+"""Request records in MongoDB and the transitions of a request's life.
+
+    queued ──claim──▶ processing ──outcome──▶ done | failed
+       └──cancel (before any claim)──────────▶ cancelled
+
+A terminal status is written only after its outcome document was inserted into
+`outcomes` under the request's id: the unique `_id` makes the first outcome the
+only one, whoever writes it (the lane's worker, a redelivered copy, or a cancel).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from lanes.db import iso, now, translate_errors
+from lanes.errors import Conflict, NotFound
+
+TERMINAL = ("done", "failed", "cancelled")
+PENDING = ("queued", "processing")
+
+
+def new_request_id() -> str:
+    """32 hex digits, time-ordered (a UUIDv7 layout), so `_id` order is acceptance order."""
+    millis = time.time_ns() // 1_000_000
+    raw = bytearray(millis.to_bytes(6, "big") + os.urandom(10))
+    raw[6] = (raw[6] & 0x0F) | 0x70
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return raw.hex()
+
+
+def body_fingerprint(action: str, data: Any) -> str:
+    canonical = json.dumps({"action": action, "data": data}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    result: Any = None
+    error: str | None = None
+
+
+def public_view(record: dict[str, Any]) -> dict[str, Any]:
+    """The API's shape of a request record."""
+    return {
+        "request_id": record["_id"],
+        "action": record["action"],
+        "status": record["status"],
+        "result": record.get("result"),
+        "error": record.get("error"),
+        "attempts": record.get("attempts", 0),
+        "created_at": iso(record.get("created_at")),
+        "started_at": iso(record.get("started_at")),
+        "finished_at": iso(record.get("finished_at")),
+    }
+
+
+class Requests:
+    def __init__(self, db: Database[dict[str, Any]]) -> None:
+        self._requests = db.requests
+        self._outcomes = db.outcomes
+        self._keys = db.idempotency_keys
+        self._dead_letters = db.dead_letters
+
+    # -- the HTTP side ------------------------------------------------------------
+
+    @translate_errors
+    def create(self, request_id: str, user_id: str, action: str, data: Any, fingerprint: str) -> dict[str, Any]:
+        record = {
+            "_id": request_id,
+            "user_id": user_id,
+            "action": action,
+            "data": data,
+            "status": "queued",
+            "attempts": 0,
+            "created_at": now(),
+            "fingerprint": fingerprint,
+            # False until the lane's message is confirmed by the broker: a record
+            # left unpublished by a crash is found by this flag.
+            "published": False,
+        }
+        self._requests.insert_one(record)
+        return record
+
+    @translate_errors
+    def mark_published(self, request_id: str) -> None:
+        self._requests.find_one_and_update({"_id": request_id}, {"$set": {"published": True}})
+
+    @translate_errors
+    def discard(self, request_id: str) -> None:
+        """Remove a record that was never accepted (its publish was refused)."""
+        self._requests.delete_one({"_id": request_id})
+
+    @translate_errors
+    def reserve_key(self, user_id: str, key: str, request_id: str, fingerprint: str) -> dict[str, Any] | None:
+        """Bind an Idempotency-Key to a request id; None when bound now, else the earlier binding."""
+        key_id = hashlib.sha256(f"{user_id}\x00{key}".encode()).hexdigest()
+        try:
+            self._keys.insert_one(
+                {"_id": key_id, "request_id": request_id, "fingerprint": fingerprint, "created_at": now()}
+            )
+            return None
+        except DuplicateKeyError:
+            binding = self._keys.find_one({"_id": key_id})
+        if binding is None:  # released between our insert and our read
+            return self.reserve_key(user_id, key, request_id, fingerprint)
+        if binding["fingerprint"] != fingerprint:
+            raise Conflict("This Idempotency-Key was used with a different body.", code="idempotency_key_reused")
+        return binding
+
+    @translate_errors
+    def release_key(self, user_id: str, key: str) -> None:
+        key_id = hashlib.sha256(f"{user_id}\x00{key}".encode()).hexdigest()
+        self._keys.delete_one({"_id": key_id})
+
+    @translate_errors
+    def get(self, request_id: str) -> dict[str, Any] | None:
+        return self._requests.find_one({"_id": request_id})
+
+    def get_owned(self, request_id: str | None, user_id: str) -> dict[str, Any]:
+        """A user's own request; another user's is as absent as a missing one."""
+        record = self.get(request_id) if request_id else None
+        if record is None or record["user_id"] != user_id:
+            raise NotFound("No such request.")
+        return record
+
+    @translate_errors
+    def list_owned(self, user_id: str, status: str | None, limit: int, after: str | None) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {"user_id": user_id}
+        if status:
+            query["status"] = status
+        if after:
+            query["_id"] = {"$gt": after}
+        return list(self._requests.find(query).sort("_id", 1).limit(limit))
+
+    @translate_errors
+    def cancel(self, request_id: str | None, user_id: str) -> dict[str, Any]:
+        """Cancel a request no worker has claimed; Conflict once it started or finished."""
+        record = self.get_owned(request_id, user_id)
+        if record["status"] in TERMINAL:
+            raise Conflict(f"The request is already {record['status']}.", code="not_cancellable")
+        request_id = record["_id"]
+        before = self._requests.find_one_and_update({"_id": request_id}, {"$set": {"cancel_requested": True}})
+        # Claim and cancel each set their own flag atomically and read the other's:
+        # whichever of the two came first wins.
+        if before is None or before.get("claimed"):
+            raise Conflict("The request has already started.", code="not_cancellable")
+        return self.finish(request_id, Outcome(status="cancelled"), attempts=before.get("attempts", 0))
+
+    # -- the worker side ----------------------------------------------------------
+
+    @translate_errors
+    def claim(self, request_id: str) -> dict[str, Any] | None:
+        """Mark the request as started by the lane's worker, counting the attempt.
+
+        Returns the updated record, or None when a cancel came first.
+        """
+        before = self._requests.find_one_and_update(
+            {"_id": request_id},
+            {"$set": {"claimed": True}},
+        )
+        if before is None:
+            return None
+        if before.get("cancel_requested") and not before.get("claimed"):
+            return None
+        return self._requests.find_one_and_update(
+            {"_id": request_id},
+            {"$set": {"status": "processing"}, "$inc": {"attempts": 1}, "$min": {"started_at": now()}},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    @translate_errors
+    def queued_records(self) -> list[dict[str, Any]]:
+        """Every queued record, oldest first, with what the sweeper needs."""
+        projection = {"user_id": 1, "published": 1, "created_at": 1}
+        return list(self._requests.find({"status": "queued"}, projection).sort("_id", 1))
+
+    @translate_errors
+    def recorded_outcome(self, request_id: str) -> dict[str, Any] | None:
+        return self._outcomes.find_one({"_id": request_id})
+
+    @translate_errors
+    def finish(self, request_id: str, outcome: Outcome, attempts: int) -> dict[str, Any]:
+        """Record the one outcome of a request (the first writer wins) and apply it to the record."""
+        document = {
+            "_id": request_id,
+            "status": outcome.status,
+            "result": outcome.result,
+            "error": outcome.error,
+            "attempts": attempts,
+            "finished_at": now(),
+        }
+        try:
+            self._outcomes.insert_one(document)
+        except DuplicateKeyError:
+            document = self._outcomes.find_one({"_id": request_id}) or document
+        return self.apply_outcome(document)
+
+    @translate_errors
+    def apply_outcome(self, outcome: dict[str, Any]) -> dict[str, Any]:
+        fields = {k: outcome[k] for k in ("status", "result", "error", "attempts", "finished_at")}
+        updated = self._requests.find_one_and_update(
+            {"_id": outcome["_id"]}, {"$set": fields}, return_document=ReturnDocument.AFTER
+        )
+        if updated is None:
+            raise NotFound("No such request.")
+        return updated
+
+    @translate_errors
+    def record_dead_letter(self, record: dict[str, Any], error: str) -> None:
+        document = {
+            "_id": record["_id"],
+            "user_id": record["user_id"],
+            "action": record["action"],
+            "data": record.get("data"),
+            "error": error,
+            "attempts": record.get("attempts", 0),
+            "failed_at": now(),
+        }
+        with contextlib.suppress(DuplicateKeyError):
+            self._dead_letters.insert_one(document)

@@ -1,0 +1,139 @@
+"""One frozen settings object, built once at the process edge and passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from urllib.parse import urlparse
+
+from lanes.errors import ConfigError
+
+# The seed's .env ships this placeholder; running with it would make every
+# token forgeable by anyone who has read the seed.
+PLACEHOLDER_SECRETS = frozenset({"your_jwt_secret", "changeme", "secret"})
+MIN_SECRET_LENGTH = 32
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob Lanes has. Field names map to upper-case environment variables."""
+
+    mongo_uri: str = "mongodb://127.0.0.1:27017/lanes"
+    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    queue_prefix: str = "lanes"
+    data_dir: str = ".lanes"
+
+    jwt_secret: str = ""
+    jwt_private_key_file: str = ""
+    jwt_public_key_file: str = ""
+    jwt_key_id: str = "lanes-1"
+    jwt_expires_seconds: int = 900
+    jwt_issuer: str = "lanes"
+
+    max_body_bytes: int = 65536
+    sleep_max_ms: int = 10000
+    max_attempts: int = 3
+    retry_backoff_seconds: float = 0.5
+    lane_depth_limit: int = 1000
+    lane_quantum: int = 4
+    lane_idle_seconds: int = 600
+    request_timeout_seconds: float = 60.0
+    retry_after_seconds: int = 5
+    actions_module: str = ""
+    enable_fail_action: bool = True
+
+    worker_slots: int = 4
+    log_level: str = "INFO"
+
+    # argon2id cost: OWASP's recommended minimum (19 MiB, 2 passes, 1 lane).
+    argon2_memory_kib: int = 19456
+    argon2_rounds: int = 2
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from a mapping of environment variables, rejecting bad values at once."""
+        values: dict[str, object] = {}
+        for field in fields(cls):
+            raw = env.get(field.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _parse(field.name, str(field.type), raw)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ConfigError when a value cannot work."""
+        positive = (
+            "jwt_expires_seconds",
+            "max_body_bytes",
+            "max_attempts",
+            "lane_depth_limit",
+            "lane_quantum",
+            "lane_idle_seconds",
+            "request_timeout_seconds",
+            "retry_after_seconds",
+            "worker_slots",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.upper()} must be positive")
+        if self.sleep_max_ms < 0 or self.retry_backoff_seconds < 0:
+            raise ConfigError("SLEEP_MAX_MS and RETRY_BACKOFF_SECONDS must not be negative")
+        if self.jwt_secret:
+            if self.jwt_secret.lower() in PLACEHOLDER_SECRETS:
+                raise ConfigError("JWT_SECRET is a placeholder; generate a real secret")
+            if len(self.jwt_secret) < MIN_SECRET_LENGTH:
+                raise ConfigError(f"JWT_SECRET must be at least {MIN_SECRET_LENGTH} characters")
+        if urlparse(self.mongo_uri).scheme not in ("mongodb", "mongodb+srv"):
+            raise ConfigError("MONGO_URI must be a mongodb:// URI")
+        if urlparse(self.rabbitmq_url).scheme not in ("amqp", "amqps"):
+            raise ConfigError("RABBITMQ_URL must be an amqp:// URL")
+        if not self.queue_prefix.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError("QUEUE_PREFIX may hold only letters, digits, '-' and '_'")
+
+    @property
+    def database_name(self) -> str:
+        """The database named in MONGO_URI's path, `lanes` when it names none."""
+        name = urlparse(self.mongo_uri).path.lstrip("/")
+        return name or "lanes"
+
+    @property
+    def keys_dir(self) -> Path:
+        return Path(self.data_dir) / "keys"
+
+
+def _parse(name: str, type_name: str, raw: str) -> object:
+    try:
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+        if type_name == "bool":
+            return _parse_bool(raw)
+    except ValueError:
+        raise ConfigError(f"{name.upper()} must be a {type_name}, got {raw!r}") from None
+    return raw
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def load_settings(env_file: str | os.PathLike[str] = ".env") -> Settings:
+    """Settings from the process environment, falling back to a `.env` file.
+
+    Only entry points call this; everything below them receives the Settings.
+    """
+    from dotenv import dotenv_values
+
+    merged: dict[str, str] = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    merged.update(os.environ)
+    return Settings.from_env(merged)

@@ -1,0 +1,114 @@
+"""JWT access tokens: PyJWT, one pinned algorithm, required claims, optional asymmetric keys."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from lanes.errors import AuthError, ConfigError
+from lanes.settings import Settings
+
+REQUIRED_CLAIMS = ["exp", "iat", "sub", "jti", "usr"]
+PRIVATE_KEY_NAME, PUBLIC_KEY_NAME = "jwt-ed25519.pem", "jwt-ed25519.pub.pem"
+
+
+@dataclass(frozen=True)
+class Claims:
+    user_id: str
+    username_key: str
+    jti: str
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    access_token: str
+    expires_in: int
+    jti: str
+
+
+class TokenService:
+    """Signs (when it holds the signing key) and verifies access tokens."""
+
+    def __init__(self, settings: Settings, *, can_sign: bool = True) -> None:
+        self._settings = settings
+        self._issuer = settings.jwt_issuer
+        self._expires = settings.jwt_expires_seconds
+        self._kid = settings.jwt_key_id
+        if settings.jwt_public_key_file:
+            # Asymmetric: only the login function is given the private key.
+            self.algorithm = "EdDSA"
+            self._verify_key = Path(settings.jwt_public_key_file).read_bytes()
+            self._sign_key = (
+                Path(settings.jwt_private_key_file).read_bytes() if can_sign and settings.jwt_private_key_file else None
+            )
+        elif settings.jwt_secret:
+            self.algorithm = "HS256"
+            self._verify_key = self._sign_key = settings.jwt_secret.encode()
+        else:
+            raise ConfigError("Set JWT_PUBLIC_KEY_FILE (and JWT_PRIVATE_KEY_FILE) or JWT_SECRET")
+
+    def issue(self, user_id: str, username_key: str) -> IssuedToken:
+        if self._sign_key is None:
+            raise ConfigError("This function holds no signing key")
+        now = int(time.time())
+        jti = uuid.uuid4().hex
+        claims = {
+            "sub": user_id,
+            "usr": username_key,
+            "iat": now,
+            "exp": now + self._expires,
+            "jti": jti,
+            "iss": self._issuer,
+        }
+        token = jwt.encode(claims, self._sign_key, algorithm=self.algorithm, headers={"kid": self._kid})
+        return IssuedToken(access_token=token, expires_in=self._expires, jti=jti)
+
+    def verify(self, token: str) -> Claims:
+        """Claims of a valid token; AuthError for anything else (expired, tampered, unsigned, ...)."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._verify_key,
+                algorithms=[self.algorithm],
+                issuer=self._issuer,
+                options={"require": [*REQUIRED_CLAIMS, "iss"]},
+                leeway=5,
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("The token has expired.", code="token_expired") from None
+        except jwt.PyJWTError:
+            raise AuthError("The token is not valid.", code="invalid_token") from None
+        if not all(isinstance(claims[name], str) for name in ("sub", "usr", "jti")):
+            raise AuthError("The token is not valid.", code="invalid_token")
+        return Claims(
+            user_id=claims["sub"],
+            username_key=claims["usr"],
+            jti=claims["jti"],
+            expires_at=int(claims["exp"]),
+        )
+
+
+def ensure_local_keys(keys_dir: Path) -> tuple[Path, Path]:
+    """Create the embedded default's Ed25519 key pair once; return (private, public) paths."""
+    private_path, public_path = keys_dir / PRIVATE_KEY_NAME, keys_dir / PUBLIC_KEY_NAME
+    if private_path.exists() and public_path.exists():
+        return private_path, public_path
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    private_path.write_bytes(private_pem)
+    private_path.chmod(0o600)
+    public_path.write_bytes(public_pem)
+    return private_path, public_path

@@ -1,0 +1,110 @@
+"""Users and sessions: registration, login, logout, and who a bearer token belongs to."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from lanes.db import now, translate_errors
+from lanes.errors import AuthError, Conflict
+from lanes.passwords import PasswordHasher
+from lanes.tokens import Claims, IssuedToken, TokenService
+from lanes.validation import Credentials, username_key
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    username: str
+
+
+class Users:
+    """The `users` collection is keyed by the lower-cased username, so the unique `_id`
+    makes names case-insensitively unique without a find-then-insert race."""
+
+    def __init__(self, db: Database[dict[str, Any]], hasher: PasswordHasher | None = None) -> None:
+        self._users = db.users
+        self._revoked = db.revoked_tokens
+        self._hasher = hasher
+
+    @property
+    def hasher(self) -> PasswordHasher:
+        if self._hasher is None:
+            raise RuntimeError("this function was built without a password hasher")
+        return self._hasher
+
+    @translate_errors
+    def register(self, credentials: Credentials) -> User:
+        user = User(id=uuid.uuid4().hex, username=credentials.username)
+        document = {
+            "_id": username_key(credentials.username),
+            "user_id": user.id,
+            "username": user.username,
+            "password_hash": self.hasher.hash(credentials.password),
+            "created_at": now(),
+        }
+        try:
+            self._users.insert_one(document)
+        except DuplicateKeyError:
+            raise Conflict("That username is taken.", code="username_taken") from None
+        return user
+
+    @translate_errors
+    def authenticate(self, credentials: Credentials) -> User:
+        """The user these credentials belong to; one answer for unknown user and wrong password."""
+        document = self._users.find_one({"_id": username_key(credentials.username)})
+        password_hash = document["password_hash"] if document else None
+        if not self.hasher.verify(credentials.password, password_hash) or document is None:
+            raise AuthError("Wrong username or password.", code="invalid_credentials")
+        return User(id=document["user_id"], username=document["username"])
+
+    @translate_errors
+    def resolve(self, claims: Claims) -> User:
+        """The live user behind verified claims: not revoked, not deleted, not replaced."""
+        if self._revoked.find_one({"_id": claims.jti}, {"_id": 1}) is not None:
+            raise AuthError("The token has been revoked.", code="token_revoked")
+        document = self._users.find_one({"_id": claims.username_key}, {"user_id": 1, "username": 1})
+        if document is None or document["user_id"] != claims.user_id:
+            raise AuthError("The token's user no longer exists.", code="invalid_token")
+        return User(id=document["user_id"], username=document["username"])
+
+    @translate_errors
+    def revoke(self, claims: Claims) -> None:
+        expires_at = datetime.fromtimestamp(claims.expires_at, UTC)
+        with contextlib.suppress(DuplicateKeyError):
+            self._revoked.insert_one({"_id": claims.jti, "expires_at": expires_at})
+
+    @translate_errors
+    def delete(self, username: str) -> bool:
+        """Remove a user (operators' tool); their tokens stop working at once."""
+        return self._users.delete_one({"_id": username_key(username)}).deleted_count == 1
+
+    @translate_errors
+    def purge_expired_revocations(self) -> int:
+        """Drop denylist entries whose tokens have expired anyway."""
+        return self._revoked.delete_many({"expires_at": {"$lt": now()}}).deleted_count
+
+
+class Sessions:
+    """Login and logout: credentials in, a signed token out; a token in, revoked."""
+
+    def __init__(self, users: Users, tokens: TokenService) -> None:
+        self._users = users
+        self._tokens = tokens
+
+    def login(self, credentials: Credentials) -> IssuedToken:
+        user = self._users.authenticate(credentials)
+        return self._tokens.issue(user.id, username_key(user.username))
+
+    def current_user(self, bearer: str) -> tuple[User, Claims]:
+        claims = self._tokens.verify(bearer)
+        return self._users.resolve(claims), claims
+
+    def logout(self, claims: Claims) -> None:
+        self._users.revoke(claims)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Flask, Response, g, jsonify, request
+
 from lanes import validation
 from lanes.actions import build_registry
 from lanes.broker import ChannelPool, open_connection

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Flask, Response, jsonify
+
 from lanes import validation
 from lanes.db import connect, ping
 from lanes.logs import configure_logging

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Flask, Response, jsonify, request
+
 from lanes import validation
 from lanes.broker import open_connection
 from lanes.db import connect, ping

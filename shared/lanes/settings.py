@@ -87,9 +87,10 @@ class Settings:
                 raise ConfigError("JWT_SECRET is a placeholder; generate a real secret")
             if len(self.jwt_secret) < MIN_SECRET_LENGTH:
                 raise ConfigError(f"JWT_SECRET must be at least {MIN_SECRET_LENGTH} characters")
-        if urlparse(self.mongo_uri).scheme not in ("mongodb", "mongodb+srv"):
+        mongo, rabbitmq = urlparse(self.mongo_uri), urlparse(self.rabbitmq_url)
+        if mongo.scheme not in ("mongodb", "mongodb+srv") or not mongo.netloc:
             raise ConfigError("MONGO_URI must be a mongodb:// URI")
-        if urlparse(self.rabbitmq_url).scheme not in ("amqp", "amqps"):
+        if rabbitmq.scheme not in ("amqp", "amqps") or not rabbitmq.netloc:
             raise ConfigError("RABBITMQ_URL must be an amqp:// URL")
         if not self.queue_prefix.replace("-", "").replace("_", "").isalnum():
             raise ConfigError("QUEUE_PREFIX may hold only letters, digits, '-' and '_'")

@@ -1,0 +1,124 @@
+"""Fixtures that start the real services and an isolated Lanes stack.
+
+Every test session gets its own RabbitMQ vhost and its own database, and its
+stack listens on free ports, so a run never touches a developer's `make run`.
+Integration tests fail (never skip) when a service cannot be started.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pymongo
+import pytest
+
+from deploy import services
+from deploy.template import ROOT
+from tests.support import Api, free_port_block, management_api, wait_until
+
+WORKER_MAIN = ROOT / "functions" / "worker" / "main.py"
+
+
+@pytest.fixture(scope="session")
+def running_services() -> Iterator[None]:
+    started = services.up()
+    yield
+    services.down(started)
+
+
+@pytest.fixture(scope="session")
+def lanes_env(running_services: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Environment for an isolated stack: own vhost, own database, own data dir."""
+    run_id = uuid.uuid4().hex[:10]
+    vhost = f"lanes-test-{run_id}"
+    management_api("PUT", f"/api/vhosts/{vhost}")
+    management_api("PUT", f"/api/permissions/{vhost}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+    database = f"lanes_test_{run_id}"
+    env = {
+        **os.environ,
+        "RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+        "MONGO_URI": f"mongodb://127.0.0.1:27017/{database}",
+        "DATA_DIR": str(tmp_path_factory.mktemp("lanes-data")),
+        "LOG_LEVEL": "WARNING",
+        "JWT_SECRET": "",
+        "JWT_PUBLIC_KEY_FILE": "",
+        "JWT_PRIVATE_KEY_FILE": "",
+        "WORKER_SLOTS": "4",
+        "TEST_VHOST": vhost,
+    }
+    yield env
+    management_api("DELETE", f"/api/vhosts/{vhost}")
+    pymongo.MongoClient(env["MONGO_URI"]).drop_database(database)
+
+
+@pytest.fixture(scope="session")
+def database(lanes_env: dict[str, str]) -> Iterator[Any]:
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(lanes_env["MONGO_URI"], tz_aware=True)
+    yield client.get_default_database()
+    client.close()
+
+
+class Workers:
+    """Worker processes a test can start, count and kill."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, count: int = 1, **overrides: str) -> list[subprocess.Popen[bytes]]:
+        started = [
+            subprocess.Popen([sys.executable, str(WORKER_MAIN)], env={**self.env, **overrides}, cwd=WORKER_MAIN.parent)
+            for _ in range(count)
+        ]
+        self.processes.extend(started)
+        return started
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+
+@pytest.fixture(scope="session")
+def http_stack(lanes_env: dict[str, str]) -> Iterator[str]:
+    """The HTTP functions behind the router (no workers: tests start their own)."""
+    port = free_port_block(5)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "deploy.runner", "--port", str(port), "--workers", "0"],
+        env=lanes_env,
+        cwd=ROOT,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: Api(base_url).ready(), timeout=60, what="the stack to become ready")
+        yield base_url
+    finally:
+        runner.terminate()
+        try:
+            runner.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            runner.kill()
+
+
+@pytest.fixture
+def workers(lanes_env: dict[str, str]) -> Iterator[Workers]:
+    pool = Workers(lanes_env)
+    yield pool
+    pool.stop_all()
+
+
+@pytest.fixture
+def api(http_stack: str) -> Api:
+    return Api(http_stack)

@@ -1,0 +1,107 @@
+"""Small helpers the tests share: an API client, bounded waiting, ports, RabbitMQ's management API."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import socket
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import requests
+
+TERMINAL = ("done", "failed", "cancelled")
+
+
+def wait_until(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll check() until it returns something truthy; fail the test after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+        except (requests.RequestException, OSError):
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port_block(size: int) -> int:
+    """A base port such that base .. base+size-1 are all free on 127.0.0.1."""
+    for _ in range(200):
+        base = random.randint(20000, 40000)
+        if all(_port_free(base + i) for i in range(size)):
+            return base
+    raise RuntimeError("no free block of ports")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def management_api(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    data = json.dumps(body or {}).encode() if method in ("PUT", "POST") else None
+    request = urllib.request.Request(f"http://127.0.0.1:15672{path}", data=data, method=method)
+    request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        payload = response.read()
+    return json.loads(payload) if payload else None
+
+
+class Api:
+    """A Lanes client for tests: thin over requests, one session per instance."""
+
+    def __init__(self, base_url: str, token: str | None = None) -> None:
+        self.base_url = base_url
+        self.token = token
+        self.session = requests.Session()
+
+    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = dict(kwargs.pop("headers", {}) or {})
+        if self.token and "Authorization" not in headers:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return self.session.request(method, self.base_url + path, headers=headers, timeout=30, **kwargs)
+
+    def ready(self) -> bool:
+        return self.call("GET", "/readyz").status_code == 200
+
+    def new_user(self, prefix: str = "user") -> Api:
+        """Register and log in a fresh user; returns a client holding its token."""
+        username = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        password = "correct horse battery"
+        created = self.call("POST", "/register", json={"username": username, "password": password})
+        assert created.status_code == 201, created.text
+        login = self.call("POST", "/login", json={"username": username, "password": password})
+        assert login.status_code == 200, login.text
+        user = Api(self.base_url, login.json()["access_token"])
+        user.username = username  # type: ignore[attr-defined]
+        return user
+
+    def enqueue(self, action: str = "echo", data: Any = None, **kwargs: Any) -> str:
+        response = self.call("POST", "/enqueue", json={"action": action, "data": data}, **kwargs)
+        assert response.status_code == 202, response.text
+        return str(response.json()["request_id"])
+
+    def request(self, request_id: str) -> dict[str, Any]:
+        response = self.call("GET", f"/requests/{request_id}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def wait_terminal(self, request_ids: list[str], timeout: float = 60) -> list[dict[str, Any]]:
+        def all_terminal() -> list[dict[str, Any]] | None:
+            records = [self.request(r) for r in request_ids]
+            return records if all(r["status"] in TERMINAL for r in records) else None
+
+        return list(wait_until(all_terminal, timeout=timeout, what=f"{len(request_ids)} requests to finish"))

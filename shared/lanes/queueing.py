@@ -1,17 +1,18 @@
 """Accepting a request into its user's lane: stored, published, and its lane woken.
 
 The order of steps is the durability argument (docs/design.md):
-1. the record is inserted in MongoDB (status `queued`, `published: false`);
+1. the record is inserted in MongoDB (status `queued`, marked unpublished);
 2. the request's message is published to the lane queue with a publisher confirm,
    so it is on the broker's disk before we go on;
 3. the lane queue's depth is read *after* that publish; when ours is the only
    ready message, a wake-up token goes to the ready queue (else the message ahead
    of ours already has one, or a worker is running the lane and will look again);
-4. only then does the client get 202.
+4. the unpublished marker is removed, and the client gets 202.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,8 @@ from lanes.errors import BrokerError, DatabaseError, TooManyRequests, Unavailabl
 from lanes.requests import Requests, body_fingerprint, new_request_id
 from lanes.settings import Settings
 from lanes.validation import EnqueueBody
+
+log = logging.getLogger("lanes.enqueue")
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,10 @@ class LanePublisher:
                 channel.basic_publish("", lane, message, PERSISTENT, mandatory=True)
             try:
                 return self._wake(channel, user_id, lane)
-            except (pika.exceptions.AMQPError, OSError):
+            except (pika.exceptions.AMQPError, OSError) as error:
                 # The request is durable already; a lost wake-up is repaired by the
                 # worker's sweeper, so the client still gets its 202.
+                log.warning("waking lane failed: %r", error, extra={"user_id": user_id, "request_id": request_id})
                 return 0
 
     def _wake(self, channel: BlockingChannel, user_id: str, lane: str) -> int:
@@ -134,12 +138,11 @@ class Enqueuer:
             self._forget(request_id, user_id, idempotency_key)
             raise self._unavailable("The message broker is unavailable.") from None
         try:
-            self._requests.mark_published(request_id)
+            self._requests.published(request_id)
         except DatabaseError:
-            # The message is on the broker's disk and will run; the flag only
-            # helps find records that never reached the broker.
+            # The message is on the broker's disk and will run; a marker left
+            # behind only makes the sweeper publish a duplicate, which is skipped.
             pass
-        record["published"] = True
         return Accepted(record=record, position=position, created=True)
 
     def _forget(self, request_id: str, user_id: str, idempotency_key: str | None) -> None:

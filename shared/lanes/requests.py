@@ -3,9 +3,18 @@
     queued ──claim──▶ processing ──outcome──▶ done | failed
        └──cancel (before any claim)──────────▶ cancelled
 
-A terminal status is written only after its outcome document was inserted into
-`outcomes` under the request's id: the unique `_id` makes the first outcome the
-only one, whoever writes it (the lane's worker, a redelivered copy, or a cancel).
+Every decision that two processes could race for is an *insert* under the
+request's id, because a unique `_id` is the one atomic test-and-set that MongoDB
+and FerretDB both guarantee (FerretDB's find-and-modify is a read followed by a
+write, so two concurrent updates of one document can lose one of them):
+
+- `claims`: the worker's first start and a cancel both insert; the first wins;
+- `outcomes`: the first outcome inserted is the request's only outcome, and the
+  record's terminal fields are a copy of it;
+- `unpublished`: a marker that lives from just before the record is stored until
+  its message is confirmed by the broker, so a crash in between is found.
+
+After the claim, only the lane's worker writes to a request record.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pymongo import ReturnDocument
@@ -71,11 +81,16 @@ class Requests:
         self._outcomes = db.outcomes
         self._keys = db.idempotency_keys
         self._dead_letters = db.dead_letters
+        self._claims = db.claims
+        self._unpublished = db.unpublished
 
     # -- the HTTP side ------------------------------------------------------------
 
     @translate_errors
     def create(self, request_id: str, user_id: str, action: str, data: Any, fingerprint: str) -> dict[str, Any]:
+        """Store a queued request, marked unpublished until `published` is called."""
+        created_at = now()
+        self._unpublished.insert_one({"_id": request_id, "user_id": user_id, "created_at": created_at})
         record = {
             "_id": request_id,
             "user_id": user_id,
@@ -83,23 +98,26 @@ class Requests:
             "data": data,
             "status": "queued",
             "attempts": 0,
-            "created_at": now(),
+            "created_at": created_at,
             "fingerprint": fingerprint,
-            # False until the lane's message is confirmed by the broker: a record
-            # left unpublished by a crash is found by this flag.
-            "published": False,
         }
         self._requests.insert_one(record)
         return record
 
     @translate_errors
-    def mark_published(self, request_id: str) -> None:
-        self._requests.find_one_and_update({"_id": request_id}, {"$set": {"published": True}})
+    def published(self, request_id: str) -> None:
+        self._unpublished.delete_one({"_id": request_id})
+
+    @translate_errors
+    def unpublished_before(self, moment: datetime) -> list[dict[str, Any]]:
+        """Markers of requests stored before `moment` whose message was never confirmed."""
+        return list(self._unpublished.find({"created_at": {"$lt": moment}}))
 
     @translate_errors
     def discard(self, request_id: str) -> None:
         """Remove a record that was never accepted (its publish was refused)."""
         self._requests.delete_one({"_id": request_id})
+        self._unpublished.delete_one({"_id": request_id})
 
     @translate_errors
     def reserve_key(self, user_id: str, key: str, request_id: str, fingerprint: str) -> dict[str, Any] | None:
@@ -149,29 +167,25 @@ class Requests:
         record = self.get_owned(request_id, user_id)
         if record["status"] in TERMINAL:
             raise Conflict(f"The request is already {record['status']}.", code="not_cancellable")
-        request_id = record["_id"]
-        before = self._requests.find_one_and_update({"_id": request_id}, {"$set": {"cancel_requested": True}})
-        # Claim and cancel each set their own flag atomically and read the other's:
-        # whichever of the two came first wins.
-        if before is None or before.get("claimed"):
+        if self._claim_for(record["_id"], "cancel") != "cancel":
             raise Conflict("The request has already started.", code="not_cancellable")
-        return self.finish(request_id, Outcome(status="cancelled"), attempts=before.get("attempts", 0))
+        return self.finish(record["_id"], Outcome(status="cancelled"), attempts=record.get("attempts", 0))
+
+    def _claim_for(self, request_id: str, claimant: str) -> str:
+        """Insert a claim for `claimant`; returns whoever holds the request's claim."""
+        try:
+            self._claims.insert_one({"_id": request_id, "by": claimant, "at": now()})
+            return claimant
+        except DuplicateKeyError:
+            existing = self._claims.find_one({"_id": request_id})
+        return str(existing["by"]) if existing else claimant
 
     # -- the worker side ----------------------------------------------------------
 
     @translate_errors
     def claim(self, request_id: str) -> dict[str, Any] | None:
-        """Mark the request as started by the lane's worker, counting the attempt.
-
-        Returns the updated record, or None when a cancel came first.
-        """
-        before = self._requests.find_one_and_update(
-            {"_id": request_id},
-            {"$set": {"claimed": True}},
-        )
-        if before is None:
-            return None
-        if before.get("cancel_requested") and not before.get("claimed"):
+        """Start an attempt by the lane's worker; None when a cancel claimed the request first."""
+        if self._claim_for(request_id, "worker") != "worker":
             return None
         return self._requests.find_one_and_update(
             {"_id": request_id},
@@ -182,7 +196,7 @@ class Requests:
     @translate_errors
     def queued_records(self) -> list[dict[str, Any]]:
         """Every queued record, oldest first, with what the sweeper needs."""
-        projection = {"user_id": 1, "published": 1, "created_at": 1}
+        projection = {"user_id": 1}
         return list(self._requests.find({"status": "queued"}, projection).sort("_id", 1))
 
     @translate_errors

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pika
@@ -37,7 +38,7 @@ from lanes.broker import (
     open_connection,
     translate_errors,
 )
-from lanes.db import connect, ensure_indexes
+from lanes.db import connect, ensure_indexes, now
 from lanes.errors import BrokerError, DatabaseError
 from lanes.queueing import LaneFull, LanePublisher
 from lanes.requests import TERMINAL, Outcome, Requests
@@ -91,12 +92,21 @@ class Slot:
                 failures = 0
             except (AbandonRequest, BrokerError, DatabaseError, pika.exceptions.AMQPError, OSError) as error:
                 failures += 1
-                delay = min(10.0, 0.5 * 2 ** min(failures, 5)) * random.uniform(0.5, 1.0)
-                log.warning("slot %d: %s; retrying in %.1fs", self.index, error, delay)
-                self._close()
-                self.state.stop.wait(delay)
+                log.warning("slot %d: %r; reconnecting", self.index, error)
+                self._back_off(failures)
+            except Exception:
+                # A bug must not leave this slot's connection open: that would keep the
+                # lane locked and its token unacknowledged for as long as the process lives.
+                failures += 1
+                log.exception("slot %d: unexpected error; reconnecting", self.index)
+                self._back_off(failures)
         self._close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _back_off(self, failures: int) -> None:
+        """Drop the connection (the broker then requeues the token and any request) and wait."""
+        self._close()
+        self.state.stop.wait(min(10.0, 0.25 * 2 ** min(failures, 6)) * random.uniform(0.5, 1.0))
 
     def _serve(self) -> None:
         with translate_errors():
@@ -211,7 +221,7 @@ class Slot:
         record = requests.get(request_id)
         if record is None or record["status"] in TERMINAL:
             return  # never accepted, cancelled, or a redelivered copy of a finished request
-        if record.get("claimed"):
+        if record["status"] == "processing":  # redelivered: the last holder died mid-request
             earlier = requests.recorded_outcome(request_id)
             if earlier is not None:  # the last holder died between recording and applying
                 requests.apply_outcome(earlier)
@@ -336,27 +346,31 @@ class Sweeper:
                 log.warning("sweep failed: %s", error)
 
     def sweep(self) -> None:
-        now = time.time()
-        stalled: list[str] = []
-        unpublished: list[dict[str, Any]] = []
         oldest: dict[str, str] = {}
         for record in self.state.requests.queued_records():
             oldest.setdefault(record["user_id"], record["_id"])
-            age = now - record["created_at"].timestamp()
-            if not record.get("published", True) and age > SWEEP_INTERVAL_SECONDS:
-                unpublished.append(record)
         stalled = [user for user, request_id in oldest.items() if self._oldest_seen.get(user) == request_id]
         self._oldest_seen = oldest
-        for record in unpublished:
-            try:
-                self._publisher.publish(record["user_id"], record["_id"])
-            except LaneFull:
-                continue  # tried again at the next sweep, once the lane has room
-            self.state.requests.mark_published(record["_id"])
+        republished = self._publish_stranded()
         if stalled:
             self._wake(stalled)
-        if stalled or unpublished:
-            log.info("sweep woke %d lanes and published %d records", len(stalled), len(unpublished))
+        if stalled or republished:
+            log.info("sweep woke %d lanes and published %d stranded requests", len(stalled), republished)
+
+    def _publish_stranded(self) -> int:
+        """Publish requests whose enqueue stopped between storing and the broker's confirm."""
+        cutoff = now() - timedelta(seconds=SWEEP_INTERVAL_SECONDS)
+        count = 0
+        for marker in self.state.requests.unpublished_before(cutoff):
+            record = self.state.requests.get(marker["_id"])
+            if record is not None and record["status"] == "queued":
+                try:
+                    self._publisher.publish(record["user_id"], record["_id"])
+                except LaneFull:
+                    continue  # tried again at the next sweep, once the lane has room
+                count += 1
+            self.state.requests.published(marker["_id"])
+        return count
 
     def _wake(self, user_ids: list[str]) -> None:
         with self._pool.channel() as channel:

@@ -106,6 +106,20 @@ http {{
     default_type application/json;
 {chr(10).join(locations)}
     location / {{ return 404 '{{"error": "not_found", "message": "No such route."}}\\n'; }}
+    # Errors the router answers itself keep Lanes' error shape too.
+    error_page 400 /_errors/400;
+    error_page 413 /_errors/413;
+    error_page 502 503 504 /_errors/503;
+    location = /_errors/400 {{ internal; return 400 '{{"error": "bad_request", "message": "Malformed request."}}\\n'; }}
+    location = /_errors/413 {{
+      internal;
+      return 413 '{{"error": "payload_too_large", "message": "The body is too large."}}\\n';
+    }}
+    location = /_errors/503 {{
+      internal;
+      add_header Retry-After 5 always;
+      return 503 '{{"error": "service_unavailable", "message": "The function is unavailable; try again."}}\\n';
+    }}
   }}
 }}
 """

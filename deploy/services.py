@@ -2,6 +2,8 @@
 
 A service whose URL already answers is used as it is and never started or stopped
 here, so pointing RABBITMQ_URL or MONGO_URI at existing servers skips these.
+The fault suite runs private instances of both (other ports, other directories)
+so that it can restart them without touching anyone's running stack.
 
     python -m deploy.services up | down | status
 """
@@ -14,207 +16,198 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
-RABBITMQ_NODE = "lanes@localhost"
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    host: str
-    port: int
-
-    @classmethod
-    def of(cls, url: str, default_port: int) -> Endpoint:
-        parsed = urlparse(url)
-        return cls(parsed.hostname or "127.0.0.1", parsed.port or default_port)
-
-    def answers(self) -> bool:
-        try:
-            with socket.create_connection((self.host, self.port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    @property
-    def local(self) -> bool:
-        return self.host in ("127.0.0.1", "localhost", "::1")
-
-
-def data_dir() -> Path:
+def services_dir() -> Path:
     """Where the embedded services keep binaries, data, logs and pid files."""
     return Path(os.environ.get("LANES_SERVICES_DIR", ROOT / ".lanes")).resolve()
 
 
-def rabbitmq_endpoint() -> Endpoint:
-    return Endpoint.of(os.environ.get("RABBITMQ_URL", "amqp://127.0.0.1:5672/"), 5672)
+def ferretdb_binary() -> Path:
+    return services_dir() / "bin" / "lanes-ferretdb"
 
 
-def mongo_endpoint() -> Endpoint:
-    return Endpoint.of(os.environ.get("MONGO_URI", "mongodb://127.0.0.1:27017/"), 27017)
+def port_answers(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
-def _wait(check: object, what: str, timeout: float) -> None:
+def _wait(check: Callable[[], bool], what: str, timeout: float, logs: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
+        if check():
             return
         time.sleep(0.25)
-    raise SystemExit(f"{what} did not start within {timeout:.0f}s; see {data_dir() / 'logs'}")
+    raise SystemExit(f"{what} did not start within {timeout:.0f}s; see {logs}")
 
 
-# -- RabbitMQ -------------------------------------------------------------------------
+def _log(home: Path, name: str) -> IO[bytes]:
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    return (home / "logs" / f"{name}.log").open("ab")
 
 
-def _rabbitmq_env(port: int) -> dict[str, str]:
-    base = data_dir() / "rabbitmq"
-    base.mkdir(parents=True, exist_ok=True)
-    management_port = int(os.environ.get("RABBITMQ_MANAGEMENT_PORT", "15672"))
-    (base / "rabbitmq.conf").write_text(
-        f"listeners.tcp.default = 127.0.0.1:{port}\n"
-        f"management.tcp.ip = 127.0.0.1\n"
-        f"management.tcp.port = {management_port}\n"
-        "loopback_users.guest = true\n"
-        # A laptop's disk is often fuller than RabbitMQ's default alarm assumes.
-        "disk_free_limit.absolute = 200MB\n"
-    )
-    (base / "enabled_plugins").write_text("[rabbitmq_management].\n")
-    return {
-        **os.environ,
-        "RABBITMQ_NODENAME": RABBITMQ_NODE,
-        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-        "RABBITMQ_DIST_PORT": str(port + 20000),
-        "ERL_EPMD_ADDRESS": "127.0.0.1",
-        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
-        "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
-        "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
-        "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
-        "RABBITMQ_LOG_BASE": str(base / "log"),
-        "RABBITMQ_PID_FILE": str(base / "rabbitmq.pid"),
-    }
+@dataclass(frozen=True)
+class RabbitMQ:
+    """One RabbitMQ node of our own: config, data and logs under `home`."""
+
+    home: Path
+    port: int = 5672
+    management_port: int = 15672
+
+    @property
+    def node(self) -> str:
+        return "lanes@localhost" if self.port == 5672 else f"lanes-{self.port}@localhost"
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    def answers(self) -> bool:
+        return port_answers(self.port)
+
+    def start(self) -> None:
+        if not (RABBITMQ_BIN / "rabbitmq-server").exists():
+            raise SystemExit("rabbitmq-server is not installed; run `make setup`")
+        env = self._env()
+        log = _log(self.home, "rabbitmq")
+        subprocess.Popen(
+            [str(RABBITMQ_BIN / "rabbitmq-server")], env=env, stdout=log, stderr=log, start_new_session=True
+        )
+        _wait(self.answers, "RabbitMQ", 90, self.home / "logs")
+        self._ctl("wait", env["RABBITMQ_PID_FILE"], "--timeout", "90")
+
+    def stop(self) -> None:
+        pid_file = self.home / "rabbitmq" / "rabbitmq.pid"
+        if pid_file.exists():
+            self._ctl("stop", str(pid_file))
+            pid_file.unlink(missing_ok=True)
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(
+            [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, *args],
+            env=self._env(),
+            check=False,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def _env(self) -> dict[str, str]:
+        base = self.home / "rabbitmq"
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            "management.tcp.ip = 127.0.0.1\n"
+            f"management.tcp.port = {self.management_port}\n"
+            "loopback_users.guest = true\n"
+            # A laptop's disk is often fuller than RabbitMQ's default alarm assumes.
+            "disk_free_limit.absolute = 200MB\n"
+        )
+        (base / "enabled_plugins").write_text("[rabbitmq_management].\n")
+        return {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_DIST_PORT": str(self.port + 20000),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(base / "log"),
+            "RABBITMQ_PID_FILE": str(base / "rabbitmq.pid"),
+        }
 
 
-def start_rabbitmq() -> bool:
-    """Start the embedded broker unless one answers; True when this call started it."""
-    endpoint = rabbitmq_endpoint()
-    if endpoint.answers():
-        return False
-    if not endpoint.local:
-        raise SystemExit(f"RABBITMQ_URL points at {endpoint.host}:{endpoint.port}, which does not answer")
-    if not (RABBITMQ_BIN / "rabbitmq-server").exists():
-        raise SystemExit("rabbitmq-server is not installed; run `make setup`")
-    env = _rabbitmq_env(endpoint.port)
-    log = _log_file("rabbitmq")
-    subprocess.Popen([str(RABBITMQ_BIN / "rabbitmq-server")], env=env, stdout=log, stderr=log, start_new_session=True)
-    _wait(endpoint.answers, "RabbitMQ", 90)
-    subprocess.run(
-        [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", RABBITMQ_NODE, "wait", env["RABBITMQ_PID_FILE"], "--timeout", "90"],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    return True
+@dataclass(frozen=True)
+class FerretDB:
+    """One FerretDB (our launcher, SQLite storage) with its data under `home`."""
+
+    home: Path
+    port: int = 27017
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "run" / f"ferretdb-{self.port}.pid"
+
+    def answers(self) -> bool:
+        return port_answers(self.port)
+
+    def start(self) -> None:
+        binary = ferretdb_binary()
+        if not binary.exists():
+            raise SystemExit(f"{binary} is missing; run `make setup`")
+        argv = [str(binary), "-listen", f"127.0.0.1:{self.port}", "-data", str(self.home / "ferretdb")]
+        log = _log(self.home, "ferretdb")
+        process = subprocess.Popen([*argv, "-log-level", "error"], stdout=log, stderr=log, start_new_session=True)
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_file.write_text(str(process.pid))
+        _wait(self.answers, "FerretDB", 30, self.home / "logs")
+
+    def stop(self) -> None:
+        if not self.pid_file.exists():
+            return
+        pid = int(self.pid_file.read_text())
+        try:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.pid_file.unlink(missing_ok=True)
 
 
-def stop_rabbitmq() -> None:
-    pid_file = data_dir() / "rabbitmq" / "rabbitmq.pid"
-    if not pid_file.exists():
-        return
-    env = _rabbitmq_env(rabbitmq_endpoint().port)
-    subprocess.run(
-        [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", RABBITMQ_NODE, "stop", str(pid_file)],
-        env=env,
-        capture_output=True,
-        timeout=120,
-    )
-    pid_file.unlink(missing_ok=True)
+def _local_port(url: str, default: int) -> int | None:
+    """The port of a loopback URL, or None when the URL names another host."""
+    parsed = urlparse(url)
+    if parsed.hostname not in (None, "127.0.0.1", "localhost", "::1"):
+        return None
+    return parsed.port or default
 
 
-# -- FerretDB -------------------------------------------------------------------------
-
-
-def ferretdb_binary() -> Path:
-    return data_dir() / "bin" / "lanes-ferretdb"
-
-
-def start_ferretdb() -> bool:
-    """Start the embedded FerretDB unless a database answers; True when this call started it."""
-    endpoint = mongo_endpoint()
-    if endpoint.answers():
-        return False
-    if not endpoint.local:
-        raise SystemExit(f"MONGO_URI points at {endpoint.host}:{endpoint.port}, which does not answer")
-    binary = ferretdb_binary()
-    if not binary.exists():
-        raise SystemExit(f"{binary} is missing; run `make setup`")
-    log = _log_file("ferretdb")
-    process = subprocess.Popen(
-        [
-            str(binary),
-            "-listen",
-            f"127.0.0.1:{endpoint.port}",
-            "-data",
-            str(data_dir() / "ferretdb"),
-            "-log-level",
-            "error",
-        ],
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
-    _pid_file("ferretdb").write_text(str(process.pid))
-    _wait(endpoint.answers, "FerretDB", 30)
-    return True
-
-
-def stop_ferretdb() -> None:
-    pid_file = _pid_file("ferretdb")
-    if not pid_file.exists():
-        return
-    pid = int(pid_file.read_text())
-    try:
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            os.kill(pid, 0)
-            time.sleep(0.1)
-    except ProcessLookupError:
-        pass
-    pid_file.unlink(missing_ok=True)
-
-
-def _log_file(name: str) -> object:
-    logs = data_dir() / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    return (logs / f"{name}.log").open("ab")
-
-
-def _pid_file(name: str) -> Path:
-    run = data_dir() / "run"
-    run.mkdir(parents=True, exist_ok=True)
-    return run / f"{name}.pid"
+def embedded() -> dict[str, RabbitMQ | FerretDB]:
+    """The services the environment's URLs point at, when they are on this machine."""
+    found: dict[str, RabbitMQ | FerretDB] = {}
+    rabbit_port = _local_port(os.environ.get("RABBITMQ_URL", "amqp://127.0.0.1:5672/"), 5672)
+    if rabbit_port is not None:
+        management = int(os.environ.get("RABBITMQ_MANAGEMENT_PORT", "15672"))
+        found["rabbitmq"] = RabbitMQ(services_dir(), rabbit_port, management)
+    mongo_port = _local_port(os.environ.get("MONGO_URI", "mongodb://127.0.0.1:27017/"), 27017)
+    if mongo_port is not None:
+        found["ferretdb"] = FerretDB(services_dir(), mongo_port)
+    return found
 
 
 def up() -> list[str]:
     """Start what is missing; returns the names of the services this call started."""
     started = []
-    if start_ferretdb():
-        started.append("ferretdb")
-    if start_rabbitmq():
-        started.append("rabbitmq")
+    for name, service in embedded().items():
+        if not service.answers():
+            service.start()
+            started.append(name)
     return started
 
 
 def down(names: list[str] | None = None) -> None:
-    if names is None:
-        names = ["rabbitmq", "ferretdb"]
-    if "rabbitmq" in names:
-        stop_rabbitmq()
-    if "ferretdb" in names:
-        stop_ferretdb()
+    for name, service in embedded().items():
+        if names is None or name in names:
+            service.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -227,8 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "down":
         down()
     else:
-        for name, endpoint in (("rabbitmq", rabbitmq_endpoint()), ("database", mongo_endpoint())):
-            print(f"{name}: {'up' if endpoint.answers() else 'down'} at {endpoint.host}:{endpoint.port}")
+        for name, service in embedded().items():
+            print(f"{name}: {'up' if service.answers() else 'down'} on 127.0.0.1:{service.port}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pymongo
@@ -45,6 +46,7 @@ def lanes_env(running_services: None, tmp_path_factory: pytest.TempPathFactory) 
         "MONGO_URI": f"mongodb://127.0.0.1:27017/{database}",
         "DATA_DIR": str(tmp_path_factory.mktemp("lanes-data")),
         "LOG_LEVEL": "WARNING",
+        "TRUSTED_PROXY_HOPS": "2",
         "JWT_SECRET": "",
         "JWT_PUBLIC_KEY_FILE": "",
         "JWT_PRIVATE_KEY_FILE": "",
@@ -91,13 +93,13 @@ class Workers:
         self.processes.clear()
 
 
-@pytest.fixture(scope="session")
-def http_stack(lanes_env: dict[str, str]) -> Iterator[str]:
-    """The HTTP functions behind the router (no workers: tests start their own)."""
+@contextmanager
+def running_stack(env: dict[str, str]) -> Iterator[str]:
+    """The HTTP functions behind the router, without workers (tests start their own)."""
     port = free_port_block(5)
     runner = subprocess.Popen(
         [sys.executable, "-m", "deploy.runner", "--port", str(port), "--workers", "0"],
-        env=lanes_env,
+        env=env,
         cwd=ROOT,
     )
     base_url = f"http://127.0.0.1:{port}"
@@ -110,6 +112,12 @@ def http_stack(lanes_env: dict[str, str]) -> Iterator[str]:
             runner.wait(timeout=40)
         except subprocess.TimeoutExpired:
             runner.kill()
+
+
+@pytest.fixture(scope="session")
+def http_stack(lanes_env: dict[str, str]) -> Iterator[str]:
+    with running_stack(lanes_env) as base_url:
+        yield base_url
 
 
 @pytest.fixture

@@ -63,10 +63,14 @@ def management_api(method: str, path: str, body: dict[str, Any] | None = None) -
 class Api:
     """A Lanes client for tests: thin over requests, one session per instance."""
 
-    def __init__(self, base_url: str, token: str | None = None) -> None:
+    def __init__(self, base_url: str, token: str | None = None, address: str | None = None) -> None:
         self.base_url = base_url
         self.token = token
         self.session = requests.Session()
+        # Test stacks trust two proxy hops, so each client can stand for its own
+        # address and one test's failed logins never throttle another's.
+        self.address = address or f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
+        self.session.headers["X-Forwarded-For"] = self.address
 
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         headers = dict(kwargs.pop("headers", {}) or {})
@@ -85,7 +89,7 @@ class Api:
         assert created.status_code == 201, created.text
         login = self.call("POST", "/login", json={"username": username, "password": password})
         assert login.status_code == 200, login.text
-        user = Api(self.base_url, login.json()["access_token"])
+        user = Api(self.base_url, login.json()["access_token"], self.address)
         user.username = username  # type: ignore[attr-defined]
         return user
 

@@ -29,6 +29,7 @@ from lanes.broker import (
     lane_arguments,
 )
 from lanes.errors import BrokerError, DatabaseError, TooManyRequests, Unavailable
+from lanes.faults import maybe_crash
 from lanes.requests import Requests, body_fingerprint, new_request_id
 from lanes.settings import Settings
 from lanes.validation import EnqueueBody
@@ -119,12 +120,14 @@ class Enqueuer:
                 if binding is not None:
                     earlier = self._requests.get(binding["request_id"])
                     if earlier is not None:
+                        self._finish_publishing(earlier)
                         return Accepted(record=earlier, position=0, created=False)
                     # An earlier attempt bound the key and died before storing: finish its job.
                     request_id = binding["request_id"]
             record = self._requests.create(request_id, user_id, body.action, body.data, fingerprint)
         except DatabaseError:
             raise self._unavailable("The database is unavailable.") from None
+        maybe_crash("after_store", self._settings.fault_crash_after_store)
         try:
             position = self._publisher.publish(user_id, request_id)
         except LaneFull:
@@ -144,6 +147,21 @@ class Enqueuer:
             # behind only makes the sweeper publish a duplicate, which is skipped.
             pass
         return Accepted(record=record, position=position, created=True)
+
+    def _finish_publishing(self, record: dict[str, Any]) -> None:
+        """A retry of a request whose first attempt died before its publish was confirmed
+        publishes it now, instead of leaving it to the sweeper."""
+        if record["status"] != "queued" or not self._requests.is_unpublished(record["_id"]):
+            return
+        try:
+            self._publisher.publish(record["user_id"], record["_id"])
+        except LaneFull:
+            raise TooManyRequests(
+                "Your lane is full.", retry_after=self._settings.retry_after_seconds, code="lane_full"
+            ) from None
+        except BrokerError:
+            raise self._unavailable("The message broker is unavailable.") from None
+        self._requests.published(record["_id"])
 
     def _forget(self, request_id: str, user_id: str, idempotency_key: str | None) -> None:
         """Undo the record of a request that was refused, so nothing is half-stored."""

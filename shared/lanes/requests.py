@@ -109,6 +109,10 @@ class Requests:
         self._unpublished.delete_one({"_id": request_id})
 
     @translate_errors
+    def is_unpublished(self, request_id: str) -> bool:
+        return self._unpublished.find_one({"_id": request_id}, {"_id": 1}) is not None
+
+    @translate_errors
     def unpublished_before(self, moment: datetime) -> list[dict[str, Any]]:
         """Markers of requests stored before `moment` whose message was never confirmed."""
         return list(self._unpublished.find({"created_at": {"$lt": moment}}))

@@ -45,7 +45,17 @@ class Settings:
     enable_fail_action: bool = True
 
     worker_slots: int = 4
+    sweep_interval_seconds: float = 30.0
     log_level: str = "INFO"
+    # Login throttling: failures per username or client address within the window.
+    login_max_failures: int = 5
+    login_window_seconds: int = 900
+    login_lock_max_seconds: int = 900
+    trusted_proxy_hops: int = 1
+
+    # Test-only fault injection, inert unless set: the probability that the enqueue
+    # function's process dies between storing a request and publishing it.
+    fault_crash_after_store: float = 0.0
 
     # argon2id cost: OWASP's recommended minimum (19 MiB, 2 passes, 1 lane).
     argon2_memory_kib: int = 19456
@@ -76,12 +86,18 @@ class Settings:
             "request_timeout_seconds",
             "retry_after_seconds",
             "worker_slots",
+            "sweep_interval_seconds",
+            "login_max_failures",
+            "login_window_seconds",
+            "login_lock_max_seconds",
         )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive")
-        if self.sleep_max_ms < 0 or self.retry_backoff_seconds < 0:
-            raise ConfigError("SLEEP_MAX_MS and RETRY_BACKOFF_SECONDS must not be negative")
+        if not 0.0 <= self.fault_crash_after_store <= 1.0:
+            raise ConfigError("FAULT_CRASH_AFTER_STORE must be a probability")
+        if self.sleep_max_ms < 0 or self.retry_backoff_seconds < 0 or self.trusted_proxy_hops < 0:
+            raise ConfigError("SLEEP_MAX_MS, RETRY_BACKOFF_SECONDS and TRUSTED_PROXY_HOPS must not be negative")
         if self.jwt_secret:
             if self.jwt_secret.lower() in PLACEHOLDER_SECRETS:
                 raise ConfigError("JWT_SECRET is a placeholder; generate a real secret")

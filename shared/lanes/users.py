@@ -14,6 +14,7 @@ from pymongo.errors import DuplicateKeyError
 from lanes.db import now, translate_errors
 from lanes.errors import AuthError, Conflict
 from lanes.passwords import PasswordHasher
+from lanes.throttle import LoginThrottle
 from lanes.tokens import Claims, IssuedToken, TokenService
 from lanes.validation import Credentials, username_key
 
@@ -94,13 +95,26 @@ class Users:
 class Sessions:
     """Login and logout: credentials in, a signed token out; a token in, revoked."""
 
-    def __init__(self, users: Users, tokens: TokenService) -> None:
+    def __init__(self, users: Users, tokens: TokenService, throttle: LoginThrottle | None = None) -> None:
         self._users = users
         self._tokens = tokens
+        self._throttle = throttle
 
-    def login(self, credentials: Credentials) -> IssuedToken:
-        user = self._users.authenticate(credentials)
-        return self._tokens.issue(user.id, username_key(user.username))
+    def login(self, credentials: Credentials, address: str | None = None) -> IssuedToken:
+        """A token for valid credentials; AuthError otherwise, TooManyRequests while throttled."""
+        key = username_key(credentials.username)
+        keys = LoginThrottle.keys(key, address)
+        if self._throttle is not None:
+            self._throttle.check(keys)
+        try:
+            user = self._users.authenticate(credentials)
+        except AuthError:
+            if self._throttle is not None:
+                self._throttle.record_failure(keys)
+            raise
+        if self._throttle is not None:
+            self._throttle.record_success(key)
+        return self._tokens.issue(user.id, key)
 
     def current_user(self, bearer: str) -> tuple[User, Claims]:
         claims = self._tokens.verify(bearer)

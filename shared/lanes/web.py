@@ -137,6 +137,16 @@ def bearer_token() -> str:
     return token.strip()
 
 
+def client_address(trusted_proxy_hops: int) -> str | None:
+    """The client's address: behind N trusted proxies, the Nth entry from the right of
+    X-Forwarded-For (entries further left are whatever the client chose to send)."""
+    if trusted_proxy_hops > 0:
+        forwarded = [part.strip() for part in request.headers.get("X-Forwarded-For", "").split(",") if part.strip()]
+        if len(forwarded) >= trusted_proxy_hops:
+            return forwarded[-trusted_proxy_hops]
+    return request.remote_addr
+
+
 def authenticate(sessions: Sessions) -> tuple[User, Claims]:
     """The caller's user and token claims, or AuthError."""
     user, claims = sessions.current_user(bearer_token())

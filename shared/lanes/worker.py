@@ -46,8 +46,6 @@ from lanes.settings import Settings
 
 log = logging.getLogger("lanes.worker")
 
-SWEEP_INTERVAL_SECONDS = 30.0
-
 
 @dataclass
 class WorkerState:
@@ -70,6 +68,10 @@ class AbandonRequest(Exception):
     """The slot lost its broker connection mid-request: the broker has already put the
     request back at the head of its lane, so recording an outcome now could race the
     next holder."""
+
+
+class HandBack(Exception):
+    """The worker is stopping between two attempts of a request: return it to its lane."""
 
 
 class Slot:
@@ -176,6 +178,11 @@ class Slot:
                 return
             try:
                 self._run_request(body)
+            except HandBack:
+                # Stopping between attempts: the request goes back to the head of its
+                # lane, `processing` with its attempts counted, for the next holder.
+                self._channel().basic_nack(method.delivery_tag, requeue=True)
+                return
             except DatabaseError:
                 # Put the request back at the head; the lane is retried from its token.
                 self._channel().basic_nack(method.delivery_tag, requeue=True)
@@ -251,6 +258,8 @@ class Slot:
             log.info("request retrying", extra=_fields(record, "retrying", attempt))
             # The lane waits for its head to settle, as an SQS FIFO group does.
             self._pump_for(settings.retry_backoff_seconds * 2 ** (attempt - 1))
+            if self.state.stop.is_set():
+                raise HandBack
             claimed = requests.claim(record["_id"])
             if claimed is None:
                 requests.finish(record["_id"], Outcome(status="cancelled"), attempts=attempt)
@@ -292,8 +301,9 @@ class Slot:
             raise AbandonRequest from None
 
     def _pump_for(self, seconds: float) -> None:
+        """Wait between attempts, keeping the connection alive; cut short by a stop."""
         deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
+        while (left := deadline - time.monotonic()) > 0 and not self.state.stop.is_set():
             self._pump(min(left, 0.25))
 
     def _ensure_connected(self) -> None:
@@ -339,7 +349,8 @@ class Sweeper:
         self._publisher = LanePublisher(state.settings, self._pool)
 
     def run(self) -> None:
-        while not self.state.stop.wait(SWEEP_INTERVAL_SECONDS * random.uniform(0.8, 1.2)):
+        interval = self.state.settings.sweep_interval_seconds
+        while not self.state.stop.wait(interval * random.uniform(0.8, 1.2)):
             try:
                 self.sweep()
             except (BrokerError, DatabaseError, pika.exceptions.AMQPError, OSError) as error:
@@ -359,7 +370,7 @@ class Sweeper:
 
     def _publish_stranded(self) -> int:
         """Publish requests whose enqueue stopped between storing and the broker's confirm."""
-        cutoff = now() - timedelta(seconds=SWEEP_INTERVAL_SECONDS)
+        cutoff = now() - timedelta(seconds=self.state.settings.sweep_interval_seconds)
         count = 0
         for marker in self.state.requests.unpublished_before(cutoff):
             record = self.state.requests.get(marker["_id"])

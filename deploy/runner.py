@@ -109,7 +109,7 @@ http {{
     # Errors the router answers itself keep Lanes' error shape too.
     error_page 400 /_errors/400;
     error_page 413 /_errors/413;
-    error_page 502 503 504 /_errors/503;
+    error_page 502 503 504 =503 /_errors/503;
     location = /_errors/400 {{ internal; return 400 '{{"error": "bad_request", "message": "Malformed request."}}\\n'; }}
     location = /_errors/413 {{
       internal;

@@ -13,6 +13,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pymongo
@@ -72,9 +73,16 @@ class Workers:
         self.env = env
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def start(self, count: int = 1, **overrides: str) -> list[subprocess.Popen[bytes]]:
+    def start(self, count: int = 1, log_file: Path | None = None, **overrides: str) -> list[subprocess.Popen[bytes]]:
+        log = log_file.open("ab") if log_file else None
         started = [
-            subprocess.Popen([sys.executable, str(WORKER_MAIN)], env={**self.env, **overrides}, cwd=WORKER_MAIN.parent)
+            subprocess.Popen(
+                [sys.executable, str(WORKER_MAIN)],
+                env={**self.env, **overrides},
+                cwd=WORKER_MAIN.parent,
+                stdout=log,
+                stderr=log,
+            )
             for _ in range(count)
         ]
         self.processes.extend(started)
@@ -94,13 +102,16 @@ class Workers:
 
 
 @contextmanager
-def running_stack(env: dict[str, str]) -> Iterator[str]:
+def running_stack(env: dict[str, str], log_file: Path | None = None) -> Iterator[str]:
     """The HTTP functions behind the router, without workers (tests start their own)."""
     port = free_port_block(5)
+    log = log_file.open("ab") if log_file else None
     runner = subprocess.Popen(
         [sys.executable, "-m", "deploy.runner", "--port", str(port), "--workers", "0"],
         env=env,
         cwd=ROOT,
+        stdout=log,
+        stderr=log,
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -112,6 +123,8 @@ def running_stack(env: dict[str, str]) -> Iterator[str]:
             runner.wait(timeout=40)
         except subprocess.TimeoutExpired:
             runner.kill()
+        if log:
+            log.close()
 
 
 @pytest.fixture(scope="session")

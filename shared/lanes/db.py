@@ -36,17 +36,6 @@ def connect(settings: Settings) -> Database[dict[str, Any]]:
     return client.get_database(settings.database_name)
 
 
-def ensure_indexes(db: Database[dict[str, Any]]) -> None:
-    """Create the indexes Lanes relies on; safe to repeat."""
-    db.requests.create_index([("user_id", pymongo.ASCENDING), ("_id", pymongo.ASCENDING)])
-    db.requests.create_index([("status", pymongo.ASCENDING), ("created_at", pymongo.ASCENDING)])
-    try:
-        db.revoked_tokens.create_index("expires_at", expireAfterSeconds=0)
-    except OperationFailure:
-        # FerretDB has no TTL indexes; `purge_expired_revocations` prunes instead.
-        pass
-
-
 def translate_errors(func: Callable[P, T]) -> Callable[P, T]:
     """Turn pymongo's connection failures into DatabaseError so callers never import pymongo."""
 
@@ -60,6 +49,18 @@ def translate_errors(func: Callable[P, T]) -> Callable[P, T]:
             raise DatabaseError(str(error)) from None
 
     return wrapper
+
+
+@translate_errors
+def ensure_indexes(db: Database[dict[str, Any]]) -> None:
+    """Create the indexes Lanes relies on; safe to repeat."""
+    db.requests.create_index([("user_id", pymongo.ASCENDING), ("_id", pymongo.ASCENDING)])
+    db.requests.create_index([("status", pymongo.ASCENDING), ("created_at", pymongo.ASCENDING)])
+    try:
+        db.revoked_tokens.create_index("expires_at", expireAfterSeconds=0)
+    except OperationFailure:
+        # FerretDB has no TTL indexes; `purge_expired_revocations` prunes instead.
+        pass
 
 
 def now() -> datetime:

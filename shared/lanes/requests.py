@@ -90,7 +90,10 @@ class Requests:
     def create(self, request_id: str, user_id: str, action: str, data: Any, fingerprint: str) -> dict[str, Any]:
         """Store a queued request, marked unpublished until `published` is called."""
         created_at = now()
-        self._unpublished.insert_one({"_id": request_id, "user_id": user_id, "created_at": created_at})
+        try:
+            self._unpublished.insert_one({"_id": request_id, "user_id": user_id, "created_at": created_at})
+        except DuplicateKeyError:
+            pass  # a retry finishing what a crashed attempt under the same key began
         record = {
             "_id": request_id,
             "user_id": user_id,
@@ -101,7 +104,10 @@ class Requests:
             "created_at": created_at,
             "fingerprint": fingerprint,
         }
-        self._requests.insert_one(record)
+        try:
+            self._requests.insert_one(record)
+        except DuplicateKeyError:
+            return self._requests.find_one({"_id": request_id}) or record
         return record
 
     @translate_errors

@@ -393,7 +393,10 @@ class Sweeper:
 def create_worker(settings: Settings) -> tuple[WorkerState, list[Callable[[], None]]]:
     """The worker's shared state and the loops to run in threads; tests use this door too."""
     db = connect(settings)
-    ensure_indexes(db)
+    try:
+        ensure_indexes(db)
+    except DatabaseError:
+        log.warning("database unavailable at start; indexes are created by the next process that reaches it")
     state = WorkerState(
         settings=settings,
         registry=build_registry(settings),

@@ -8,6 +8,7 @@ from lanes import validation
 from lanes.broker import open_connection
 from lanes.db import connect, ping
 from lanes.logs import configure_logging
+from lanes.openapi import load_openapi
 from lanes.requests import Requests, public_view
 from lanes.settings import Settings, load_settings
 from lanes.tokens import TokenService
@@ -25,6 +26,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(
         health_blueprint({"database": lambda: ping(db), "broker": lambda: open_connection(settings).close()})
     )
+
+    api_description = load_openapi()
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        return jsonify(api_description)
 
     @app.get("/requests/<request_id>")
     def get_request(request_id: str) -> Response:

@@ -241,6 +241,20 @@ class Requests:
         return updated
 
     @translate_errors
+    def dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        return list(self._dead_letters.find().sort("failed_at", -1).limit(limit))
+
+    @translate_errors
+    def dead_letter(self, request_id: str) -> dict[str, Any] | None:
+        return self._dead_letters.find_one({"_id": request_id})
+
+    @translate_errors
+    def mark_requeued(self, request_id: str, new_request_id: str) -> None:
+        self._dead_letters.find_one_and_update(
+            {"_id": request_id}, {"$push": {"requeued_as": new_request_id}, "$set": {"requeued_at": now()}}
+        )
+
+    @translate_errors
     def record_dead_letter(self, record: dict[str, Any], error: str) -> None:
         document = {
             "_id": record["_id"],

@@ -1,0 +1,62 @@
+"""Operators' commands: look at dead letters and put one back into its lane.
+
+python -m lanes.admin dead-letters [--limit N]
+python -m lanes.admin requeue REQUEST_ID
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from lanes.broker import ChannelPool
+from lanes.db import connect, iso
+from lanes.errors import LanesError
+from lanes.queueing import Enqueuer, LanePublisher
+from lanes.requests import Requests
+from lanes.settings import Settings, load_settings
+from lanes.validation import EnqueueBody
+
+
+def list_dead_letters(settings: Settings, limit: int) -> list[dict[str, Any]]:
+    letters = Requests(connect(settings)).dead_letters(limit)
+    return [{**letter, "failed_at": iso(letter.get("failed_at"))} for letter in letters]
+
+
+def requeue(settings: Settings, request_id: str) -> dict[str, Any]:
+    """Enqueue a dead letter's action and data again, as a new request at the tail of its lane."""
+    requests = Requests(connect(settings))
+    letter = requests.dead_letter(request_id)
+    if letter is None:
+        raise LanesError(f"no dead letter {request_id}", code="not_found")
+    enqueuer = Enqueuer(settings, requests, LanePublisher(settings, ChannelPool(settings, max_idle=1)))
+    accepted = enqueuer.enqueue(letter["user_id"], EnqueueBody(action=letter["action"], data=letter.get("data")), None)
+    requests.mark_requeued(request_id, accepted.record["_id"])
+    return {"dead_letter": request_id, "requeued_as": accepted.record["_id"], "position": accepted.position}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lanes.admin", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("dead-letters", help="list dead letters, newest first")
+    listing.add_argument("--limit", type=int, default=50)
+    again = commands.add_parser("requeue", help="run a dead letter's request again, as a new request")
+    again.add_argument("request_id")
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    try:
+        if args.command == "dead-letters":
+            output: Any = list_dead_letters(settings, args.limit)
+        else:
+            output = requeue(settings, args.request_id)
+    except LanesError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(output, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,7 +20,7 @@ unit: setup
 integration: setup
 	$(PY) -m pytest tests/integration
 
-faults: setup
+faults: setup  ## the fault suite; ends with a table of what each fault did
 	$(PY) -m pytest tests/faults
 
 lint: setup

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from deploy.services import FerretDB, RabbitMQ
 from tests.conftest import Workers
 from tests.faults.traffic import Audit, Lane, Traffic, audit, settle
@@ -68,40 +70,25 @@ def test_worker_sigkilled_repeatedly(
     _assert_clean(_run("worker SIGKILL x3", fault_api, fault_database, record_audit, kill_workers))
 
 
-def test_rabbitmq_restarted_under_load(
+@pytest.mark.parametrize(("scenario", "service"), [("RabbitMQ restart", 0), ("database restart", 1)])
+def test_service_restarted_under_load(
+    scenario: str,
+    service: int,
     fault_api: Api,
     fault_workers: Workers,
     fault_database: Any,
     private_services: tuple[RabbitMQ, FerretDB],
     record_audit: Callable[[Audit], None],
 ) -> None:
-    broker, _database = private_services
+    restarted = private_services[service]
     fault_workers.start(2, WORKER_SLOTS="3")
 
-    def restart_broker() -> None:
-        broker.stop()
+    def restart() -> None:
+        restarted.stop()
         time.sleep(1.0)
-        broker.start()
+        restarted.start()
 
-    _assert_clean(_run("RabbitMQ restart", fault_api, fault_database, record_audit, restart_broker))
-
-
-def test_database_restarted_under_load(
-    fault_api: Api,
-    fault_workers: Workers,
-    fault_database: Any,
-    private_services: tuple[RabbitMQ, FerretDB],
-    record_audit: Callable[[Audit], None],
-) -> None:
-    _broker, database = private_services
-    fault_workers.start(2, WORKER_SLOTS="3")
-
-    def restart_database() -> None:
-        database.stop()
-        time.sleep(1.0)
-        database.start()
-
-    _assert_clean(_run("database restart", fault_api, fault_database, record_audit, restart_database))
+    _assert_clean(_run(scenario, fault_api, fault_database, record_audit, restart))
 
 
 def test_poison_request_fails_alone_while_other_lanes_flow(

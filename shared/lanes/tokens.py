@@ -44,13 +44,14 @@ class TokenService:
         if settings.jwt_public_key_file:
             # Asymmetric: only the login function is given the private key.
             self.algorithm = "EdDSA"
-            self._verify_key = Path(settings.jwt_public_key_file).read_bytes()
+            self._verify_keys = _public_keys(settings.jwt_public_key_file, settings.jwt_key_id)
             self._sign_key = (
                 Path(settings.jwt_private_key_file).read_bytes() if can_sign and settings.jwt_private_key_file else None
             )
         elif settings.jwt_secret:
             self.algorithm = "HS256"
-            self._verify_key = self._sign_key = settings.jwt_secret.encode()
+            self._sign_key = settings.jwt_secret.encode()
+            self._verify_keys = {self._kid: self._sign_key}
         else:
             raise ConfigError("Set JWT_PUBLIC_KEY_FILE (and JWT_PRIVATE_KEY_FILE) or JWT_SECRET")
 
@@ -73,9 +74,13 @@ class TokenService:
     def verify(self, token: str) -> Claims:
         """Claims of a valid token; AuthError for anything else (expired, tampered, unsigned, ...)."""
         try:
+            kid = jwt.get_unverified_header(token).get("kid", self._kid)
+            key = self._verify_keys.get(kid) if isinstance(kid, str) else None
+            if key is None:
+                raise AuthError("The token's signing key is unknown.", code="invalid_token")
             claims = jwt.decode(
                 token,
-                self._verify_key,
+                key,
                 algorithms=[self.algorithm],
                 issuer=self._issuer,
                 options={"require": [*REQUIRED_CLAIMS, "iss"]},
@@ -93,6 +98,18 @@ class TokenService:
             jti=claims["jti"],
             expires_at=int(claims["exp"]),
         )
+
+
+def _public_keys(spec: str, default_kid: str) -> dict[str, bytes]:
+    """Verification keys by key id, from `path` or `kid=path,kid=path` (key rotation:
+    list the new key beside the old one until every token signed with the old expired)."""
+    keys: dict[str, bytes] = {}
+    for entry in filter(None, (part.strip() for part in spec.split(","))):
+        kid, _, path = entry.rpartition("=")
+        keys[kid or default_kid] = Path(path).read_bytes()
+    if not keys:
+        raise ConfigError("JWT_PUBLIC_KEY_FILE names no key")
+    return keys
 
 
 def ensure_local_keys(keys_dir: Path) -> tuple[Path, Path]:

@@ -98,3 +98,26 @@ def test_expired_token_says_so(hs_tokens: TokenService) -> None:
 def test_no_key_configured_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         TokenService(Settings())
+
+
+def test_rotation_accepts_every_listed_key_by_its_kid(tmp_path: Path) -> None:
+    old_private, old_public = ensure_local_keys(tmp_path / "old")
+    new_private, new_public = ensure_local_keys(tmp_path / "new")
+    old_signer = TokenService(
+        Settings(jwt_private_key_file=str(old_private), jwt_public_key_file=str(old_public), jwt_key_id="old")
+    )
+    new_signer = TokenService(
+        Settings(jwt_private_key_file=str(new_private), jwt_public_key_file=str(new_public), jwt_key_id="new")
+    )
+    verifier = TokenService(
+        Settings(jwt_public_key_file=f"old={old_public},new={new_public}", jwt_key_id="new"), can_sign=False
+    )
+    assert verifier.verify(old_signer.issue("u1", "alice").access_token).user_id == "u1"
+    assert verifier.verify(new_signer.issue("u2", "bob").access_token).user_id == "u2"
+
+    claims = {"sub": "u", "usr": "u", "jti": "j", "iat": int(time.time()), "exp": int(time.time()) + 60, "iss": "lanes"}
+    mislabelled = jwt.encode(claims, new_private.read_bytes(), algorithm="EdDSA", headers={"kid": "old"})
+    unknown = jwt.encode(claims, new_private.read_bytes(), algorithm="EdDSA", headers={"kid": "retired"})
+    for token in (mislabelled, unknown):
+        with pytest.raises(AuthError):
+            verifier.verify(token)

@@ -1,7 +1,7 @@
 # Lanes: `make run` serves the API on http://127.0.0.1:8080; `make test` runs every test.
 PY := .venv/bin/python
 PORT ?= 8080
-WORKERS ?= 2
+WORKERS ?= auto
 
 .PHONY: setup run test unit integration faults lint format services stop clean
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pika
 
+from deploy import services
 from lanes.broker import lane_arguments
 from lanes.settings import Settings
 from tests.conftest import Workers
@@ -194,9 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("what", choices=[*MEASUREMENTS, "all"])
     parser.add_argument("--processes", type=int, default=1, help="worker processes for `worker`")
     args = parser.parse_args(argv)
-    for name, measure in MEASUREMENTS.items():
-        if args.what in (name, "all"):
-            measure(**({"processes": args.processes} if name == "worker" else {}))  # type: ignore[operator]
+    started = services.up()
+    try:
+        for name, measure in MEASUREMENTS.items():
+            if args.what in (name, "all"):
+                measure(**({"processes": args.processes} if name == "worker" else {}))  # type: ignore[operator]
+    finally:
+        services.down(started)
     return 0
 
 

@@ -21,7 +21,7 @@ IDLE_TO_ZERO_BOUND = IDLE_SECONDS + 5 + 2 + 5
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(running_services: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with isolated_stack(
         tmp_path_factory.mktemp("scale"),
         ["--workers", "auto", "--idle-seconds", str(IDLE_SECONDS)],
@@ -119,7 +119,7 @@ def test_after_everyone_finished_no_lane_queue_and_no_open_request_remain(stack:
     wait_until(lambda: stack.worker_pids() == [], timeout=IDLE_TO_ZERO_BOUND, what="the workers to stop")
 
 
-def test_the_tests_read_worker_processes_from_proc(stack: Stack, tmp_path: Path) -> None:
+def test_the_tests_read_worker_processes_from_proc(stack: Stack) -> None:
     # The other tests trust worker_pids(); it must see real workers, not only report none.
     user = stack.api.new_user("probe")
     user.enqueue("sleep", {"ms": 1500})

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import pika
 import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
 
 from lanes.broker import NOT_FOUND, QueueNames, open_connection
 from lanes.errors import BrokerError
@@ -85,7 +86,7 @@ class ReadyQueue:
         self._management_url = management_url
         self._management_every = management_every
         self._connection: pika.BlockingConnection | None = None
-        self._channel: object | None = None
+        self._channel: BlockingChannel | None = None
         self._unacked: int | None = None
         self._unacked_at = 0.0
 
@@ -110,9 +111,9 @@ class ReadyQueue:
             if self._connection is None or not self._connection.is_open:
                 self._connection = open_connection(self._settings)
                 self._channel = None
-            if self._channel is None or not self._channel.is_open:  # type: ignore[attr-defined]
+            if self._channel is None or not self._channel.is_open:
                 self._channel = self._connection.channel()
-            ok = self._channel.queue_declare(self._name, passive=True).method  # type: ignore[attr-defined]
+            ok = self._channel.queue_declare(self._name, passive=True).method
             return int(ok.message_count), int(ok.consumer_count)
         except pika.exceptions.ChannelClosedByBroker as error:
             self._channel = None
@@ -157,7 +158,9 @@ class Autoscaler:
     now: Callable[[], float] = time.monotonic
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     stopping: dict[subprocess.Popen[bytes], float] = field(default_factory=dict)
+    crash_pause: float = 2.0
     _surplus_since: float | None = None
+    _paused_until: float = 0.0
 
     def step(self) -> None:
         """One look at the queue and at most one scaling decision."""
@@ -170,6 +173,8 @@ class Autoscaler:
             self._surplus_since = None
             return
         current, wanted = len(self.workers), self.policy.desired(reading.busy_lanes)
+        if wanted > current and self.now() < self._paused_until:
+            return  # a worker just crashed: no tight loop of doomed starts
         if wanted > current:
             self._surplus_since = None
             for _ in range(wanted - current):
@@ -225,6 +230,7 @@ class Autoscaler:
                 "worker %d exited with %s; it will be replaced if still needed", process.pid, process.returncode
             )
             self.workers.remove(process)
+            self._paused_until = self.now() + self.crash_pause
         for process, since in list(self.stopping.items()):
             if process.poll() is not None:
                 del self.stopping[process]

@@ -101,7 +101,8 @@ def container_security() -> dict[str, Any]:
 
 def secret_env(template: Template, function: Function) -> tuple[list[dict[str, Any]], list[Secret]]:
     """Environment entries for a function's value secrets, and its file secrets to mount."""
-    env, files = [], []
+    env: list[dict[str, Any]] = []
+    files: list[Secret] = []
     for secret in (template.secret(name) for name in function.secrets):
         if secret.file:
             env.append({"name": secret.name, "value": f"{SECRET_FILES}/{secret.file}"})

@@ -131,10 +131,13 @@ def test_a_blind_autoscaler_keeps_its_workers() -> None:
     assert autoscaler.running == 1
 
 
-def test_a_worker_that_died_is_replaced_when_still_needed() -> None:
-    autoscaler, _ = scaler([Reading(1, 0, 0), Reading(1, 0, 0)])
+def test_a_worker_that_died_is_replaced_when_still_needed_but_not_in_a_tight_loop() -> None:
+    autoscaler, clock = scaler([Reading(1, 0, 0)] * 3)
     autoscaler.step()
     autoscaler.workers[0].returncode = 1  # type: ignore[attr-defined]
+    autoscaler.step()
+    assert autoscaler.running == 0  # paused after the crash
+    clock.t = autoscaler.crash_pause
     autoscaler.step()
     assert autoscaler.running == 1 and autoscaler.workers[0].returncode is None  # type: ignore[attr-defined]
 

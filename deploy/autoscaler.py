@@ -13,8 +13,11 @@ Two readings of the queue, because neither alone is enough:
   starts a worker within one polling interval.
 * the management API adds the unacknowledged count, i.e. lanes being run. The
   broker refreshes it every few seconds (collect_statistics_interval, 5 s by
-  default), which delays scaling down and growing past the first worker by that
-  much, never the cold start.
+  default), which delays scaling down by that much. Growth does not wait for it:
+  a token still waiting at the next poll means every slot (consumer) is busy.
+Tokens can be duplicated (an enqueue into a lane that is being run may add one;
+docs/design.md 4.3), so the count is an upper bound: a duplicate waiting behind
+busy slots can start a worker too many, which the idle period takes away again.
 Without the management API the autoscaler guesses that a waiting token means every
 consumer is busy; a token that is only in flight to an idle slot can then make it
 start a worker too many, and the idle period takes it away again.
@@ -69,12 +72,15 @@ class Reading:
     consumers: int
     unacked: int | None  # None: the management API did not answer
 
-    @property
-    def busy_lanes(self) -> int:
-        if self.unacked is not None:
-            return self.ready + self.unacked
-        # Blind to running lanes: a waiting token suggests no slot is idle.
-        return self.ready + (self.consumers if self.ready else 0)
+    def busy_lanes(self, saturated: bool = False) -> int:
+        """Waiting plus running lanes; `saturated`: tokens have waited across two
+        readings, so every consumer (one per slot) must be holding a lane."""
+        running = self.unacked or 0
+        if saturated or (self.unacked is None and self.ready):
+            # The management API's count lags by seconds; a token still waiting after a
+            # poll means no slot is idle, which is known now.
+            running = max(running, self.consumers)
+        return self.ready + running
 
 
 class ReadyQueue:
@@ -161,6 +167,7 @@ class Autoscaler:
     crash_pause: float = 2.0
     _surplus_since: float | None = None
     _paused_until: float = 0.0
+    _before: Reading | None = None
 
     def step(self) -> None:
         """One look at the queue and at most one scaling decision."""
@@ -172,14 +179,18 @@ class Autoscaler:
             log.warning("cannot read the ready queue: %s", error)
             self._surplus_since = None
             return
-        current, wanted = len(self.workers), self.policy.desired(reading.busy_lanes)
+        # Saturated: a token waited through a whole poll while slots were connected.
+        before, self._before = self._before, reading
+        saturated = reading.ready > 0 and before is not None and before.ready > 0 and before.consumers > 0
+        busy = reading.busy_lanes(saturated)
+        current, wanted = len(self.workers), self.policy.desired(busy)
         if wanted > current and self.now() < self._paused_until:
             return  # a worker just crashed: no tight loop of doomed starts
         if wanted > current:
             self._surplus_since = None
             for _ in range(wanted - current):
                 self.workers.append(self.spawn())
-            self._report(current, wanted, reading)
+            self._report(current, wanted, busy, reading)
         elif wanted < current:
             if self._surplus_since is None:
                 self._surplus_since = self.now()
@@ -188,7 +199,7 @@ class Autoscaler:
                 for process in self.workers[wanted:]:
                     self._stop(process)
                 del self.workers[wanted:]
-                self._report(current, wanted, reading)
+                self._report(current, wanted, busy, reading)
         else:
             self._surplus_since = None
 
@@ -237,12 +248,12 @@ class Autoscaler:
             elif self.now() - since > self.policy.shutdown_seconds:
                 process.kill()
 
-    def _report(self, before: int, after: int, reading: Reading) -> None:
+    def _report(self, before: int, after: int, busy: int, reading: Reading) -> None:
         log.info(
             "workers %d -> %d (busy lanes %d: ready %d, unacked %s, consumers %d)",
             before,
             after,
-            reading.busy_lanes,
+            busy,
             reading.ready,
             "?" if reading.unacked is None else reading.unacked,
             reading.consumers,

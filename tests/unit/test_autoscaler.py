@@ -63,11 +63,23 @@ def test_min_workers_stay_up_with_no_work() -> None:
 
 
 def test_busy_lanes_are_waiting_tokens_plus_lanes_being_run() -> None:
-    assert Reading(ready=2, consumers=8, unacked=3).busy_lanes == 5
-    assert Reading(ready=0, consumers=8, unacked=3).busy_lanes == 3
+    assert Reading(ready=2, consumers=8, unacked=3).busy_lanes() == 5
+    assert Reading(ready=0, consumers=8, unacked=3).busy_lanes() == 3
+    # Tokens still waiting at the next poll: every consumer holds a lane, whatever the lagging API says
+    assert Reading(ready=2, consumers=8, unacked=3).busy_lanes(saturated=True) == 10
     # Without the management API a waiting token suggests every consumer is busy
-    assert Reading(ready=2, consumers=8, unacked=None).busy_lanes == 10
-    assert Reading(ready=0, consumers=8, unacked=None).busy_lanes == 0
+    assert Reading(ready=2, consumers=8, unacked=None).busy_lanes() == 10
+    assert Reading(ready=0, consumers=8, unacked=None).busy_lanes() == 0
+
+
+def test_a_token_waiting_across_two_polls_grows_the_workers_before_the_api_catches_up() -> None:
+    # One worker (4 slots) is busy; the management API still says nothing runs
+    autoscaler, _ = scaler([Reading(1, 0, 0), Reading(1, 4, 0), Reading(1, 4, 0)])
+    autoscaler.step()
+    autoscaler.step()  # a waiting token may just be in flight to an idle slot
+    assert autoscaler.running == 1
+    autoscaler.step()  # still waiting: all 4 slots are busy, 5 lanes want 2 workers
+    assert autoscaler.running == 2
 
 
 def test_first_token_starts_a_worker_at_once() -> None:

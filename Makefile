@@ -1,9 +1,9 @@
 # Lanes: `make run` serves the API on http://127.0.0.1:8080; `make test` runs every test.
 PY := .venv/bin/python
 PORT ?= 8080
-WORKERS ?= 2
+WORKERS ?= auto
 
-.PHONY: setup run test unit integration faults lint format services stop clean
+.PHONY: setup run test unit integration faults lint format services stop clean render
 
 setup:  ## install everything a fresh machine needs (idempotent)
 	@scripts/setup.sh
@@ -31,6 +31,11 @@ lint: setup
 format: setup
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
+
+render: setup  ## manifests from template.yaml: make render OUT=DIR -> DIR/knative/, DIR/openfaas/
+	@test -n "$(OUT)" || { echo "usage: make render OUT=DIR" >&2; exit 2; }
+	$(PY) -m deploy.render knative --out $(OUT)/knative
+	$(PY) -m deploy.render openfaas --out $(OUT)/openfaas
 
 services: setup  ## start the embedded RabbitMQ and FerretDB and leave them running
 	$(PY) -m deploy.services up

@@ -2,10 +2,11 @@
 
 Each HTTP function runs as its own gunicorn process on a port of its own; nginx,
 a real reverse proxy, serves them all under one base URL the way an OpenFaaS
-gateway or a Knative ingress would; the worker runs as WORKERS processes.
+gateway or a Knative ingress would. The worker is scaled 0..max by lane backlog
+(deploy/autoscaler.py), or runs as a fixed number of processes with --workers N.
 Ctrl-C (or SIGTERM) stops everything this runner started, in reverse order.
 
-    python -m deploy.runner [--port 8080] [--workers 2]
+    python -m deploy.runner [--port 8080] [--workers auto|N] [--idle-seconds S]
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy import services
+from deploy.autoscaler import Autoscaler, Policy, ReadyQueue, management_url
 from deploy.template import ROOT, Function, Template, load
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -54,10 +57,11 @@ class Stack:
 
 
 def function_env(template: Template, function: Function, base: dict[str, str]) -> dict[str, str]:
-    env = {**template.env, **function.env, **base}
-    if not function.signs_tokens:
-        # Only the token-signing function may hold the private key.
-        env.pop("JWT_PRIVATE_KEY_FILE", None)
+    env = {**template.env_of(function), **base}
+    for secret in template.secrets:
+        if secret.name not in function.secrets:
+            # A function gets only the secrets it lists: only `login` may sign tokens.
+            env.pop(secret.name, None)
     return env
 
 
@@ -140,15 +144,45 @@ def start(template: Template, port: int, workers: int, data_dir: Path) -> Stack:
         stack.start(function.name, argv, fenv, cwd=function_dir)
     (run_dir / "nginx.conf").write_text(nginx_config(template, port, ports, run_dir))
     stack.start("router", [NGINX, "-c", str(run_dir / "nginx.conf"), "-p", str(run_dir)], env)
-    worker = template.function("worker")
+    worker = template.worker
     for index in range(workers):
         stack.start(
-            f"worker-{index}",
-            [sys.executable, *worker.command[1:]],
-            function_env(template, worker, env),
-            cwd=ROOT / worker.source,
+            f"worker-{index}", worker_argv(worker), function_env(template, worker, env), cwd=ROOT / worker.source
         )
     return stack
+
+
+def worker_argv(worker: Function) -> list[str]:
+    """The worker's command, run by this runner's Python (the one with Lanes installed)."""
+    return [sys.executable, *worker.command[1:]] if worker.command[0] == "python" else list(worker.command)
+
+
+def autoscaler(template: Template, data_dir: Path, idle_seconds: float | None = None) -> Autoscaler:
+    """An autoscaler for the template's worker, with the settings its processes get."""
+    from lanes.settings import Settings
+
+    worker = template.worker
+    env = function_env(template, worker, base_env(data_dir))
+    settings = Settings.from_env(env)
+    policy = Policy(
+        min_workers=worker.scale.get("min", 0),
+        max_workers=worker.scale.get("max", 1),
+        # What the processes really run: one busy lane per slot.
+        lanes_per_worker=settings.worker_slots,
+        idle_seconds=worker.scale.get("idle_seconds", 60) if idle_seconds is None else idle_seconds,
+        shutdown_seconds=worker.shutdown_seconds,
+    )
+    api = management_url(
+        settings.rabbitmq_url,
+        env.get("RABBITMQ_MANAGEMENT_URL", ""),
+        int(env.get("RABBITMQ_MANAGEMENT_PORT", "15672")),
+    )
+    queue = ReadyQueue(settings, api)
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(worker_argv(worker), env=env, cwd=ROOT / worker.source)
+
+    return Autoscaler(policy=policy, queue=queue.read, spawn=spawn)
 
 
 def wait_ready(port: int, timeout: float = 60.0) -> bool:
@@ -167,9 +201,16 @@ def wait_ready(port: int, timeout: float = 60.0) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=int(os.environ.get("HTTP_PORT", "8080")))
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "2")))
+    parser.add_argument(
+        "--workers",
+        default=os.environ.get("WORKERS", "auto"),
+        help="'auto' (default): 0..max by lane backlog; N: exactly N worker processes",
+    )
+    parser.add_argument("--idle-seconds", type=float, default=None, help="override the worker's scale.idle_seconds")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("DATA_DIR", ROOT / ".lanes")))
     args = parser.parse_args(argv)
+    if args.workers != "auto" and not args.workers.isdigit():
+        parser.error("--workers takes 'auto' or a number")
 
     started_services = services.up()
     stopping = False
@@ -180,7 +221,17 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    stack = start(load(), args.port, args.workers, args.data_dir.resolve())
+    template, data_dir = load(), args.data_dir.resolve()
+    fixed = 0 if args.workers == "auto" else int(args.workers)
+    stack = start(template, args.port, fixed, data_dir)
+    scaler, scaler_stop, scaler_thread = None, threading.Event(), None
+    if args.workers == "auto":
+        from lanes.logs import configure_logging
+
+        configure_logging("runner", os.environ.get("LOG_LEVEL", "INFO"))
+        scaler = autoscaler(template, data_dir, args.idle_seconds)
+        scaler_thread = threading.Thread(target=scaler.run, args=(scaler_stop,), name="autoscaler", daemon=True)
+        scaler_thread.start()
     try:
         if wait_ready(args.port):
             print(f"Lanes is serving on http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
@@ -193,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.5)
         return 0
     finally:
+        scaler_stop.set()
+        if scaler is not None and scaler_thread is not None:
+            scaler_thread.join(timeout=10)  # no worker may start after stop_all
+            scaler.stop_all()
         stack.stop()
         services.down(started_services)
 

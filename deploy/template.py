@@ -10,6 +10,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIGGERS = ("http", "rabbitmq")
+SCALE_KEYS = {"http": {"min", "max", "concurrency"}, "rabbitmq": {"min", "max", "target", "idle_seconds"}}
+RESOURCE_KEYS = ({"requests", "limits"}, {"cpu", "memory"})
 
 
 class TemplateError(ValueError):
@@ -23,6 +25,15 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Secret:
+    """A setting whose value comes from a secret store; a `file` secret's setting names a file."""
+
+    name: str
+    file: str = ""
+    optional: bool = False
+
+
+@dataclass(frozen=True)
 class Function:
     name: str
     source: str
@@ -32,27 +43,42 @@ class Function:
     command: tuple[str, ...] = ()
     routes: tuple[Route, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    secrets: tuple[str, ...] = ()
+    resources: dict[str, dict[str, str]] = field(default_factory=dict)
     scale: dict[str, int] = field(default_factory=dict)
-    signs_tokens: bool = False
     queue: str = ""
+    shutdown_seconds: int = 30
 
 
 @dataclass(frozen=True)
 class Template:
     name: str
     env: dict[str, str]
-    secrets: tuple[str, ...]
+    secrets: tuple[Secret, ...]
     functions: tuple[Function, ...]
+    namespace: str = "lanes"
 
     @property
     def http_functions(self) -> tuple[Function, ...]:
         return tuple(f for f in self.functions if f.trigger == "http")
+
+    @property
+    def worker(self) -> Function:
+        """The RabbitMQ-triggered function."""
+        return next(f for f in self.functions if f.trigger == "rabbitmq")
 
     def function(self, name: str) -> Function:
         for function in self.functions:
             if function.name == name:
                 return function
         raise KeyError(name)
+
+    def secret(self, name: str) -> Secret:
+        return next(s for s in self.secrets if s.name == name)
+
+    def env_of(self, function: Function) -> dict[str, str]:
+        """The template's settings for one function (the environment may still override them)."""
+        return {**self.env, **function.env}
 
 
 def load(path: Path = ROOT / "template.yaml") -> Template:
@@ -65,12 +91,36 @@ def load(path: Path = ROOT / "template.yaml") -> Template:
     paths = [route.path for function in functions for route in function.routes]
     if len(paths) != len(set(paths)):
         raise TemplateError("two functions claim the same route")
-    return Template(
+    template = Template(
         name=str(raw.get("name", "lanes")),
+        namespace=str(raw.get("namespace", "lanes")),
         env={str(k): str(v) for k, v in (raw.get("env") or {}).items()},
-        secrets=tuple(str(s) for s in raw.get("secrets") or ()),
+        secrets=tuple(_secret(s) for s in raw.get("secrets") or ()),
         functions=functions,
     )
+    _check(template)
+    return template
+
+
+def _secret(spec: str | dict[str, Any]) -> Secret:
+    if isinstance(spec, str):
+        return Secret(name=spec)
+    return Secret(name=str(spec["name"]), file=str(spec.get("file", "")), optional=bool(spec.get("optional", False)))
+
+
+def _check(template: Template) -> None:
+    """What no single function can check alone."""
+    declared = {s.name for s in template.secrets}
+    if [f.trigger for f in template.functions].count("rabbitmq") != 1:
+        raise TemplateError("exactly one function must have trigger: rabbitmq")
+    for function in template.functions:
+        if unknown := set(function.secrets) - declared:
+            raise TemplateError(f"{function.name}: secrets {sorted(unknown)} are not declared at the top")
+    worker = template.worker
+    prefix = template.env_of(worker).get("QUEUE_PREFIX", "lanes")
+    if worker.queue != f"{prefix}.ready":
+        # The worker scales on the queue its slots consume; any other name scales on nothing.
+        raise TemplateError(f"{worker.name}: queue must be {prefix}.ready, the ready queue of QUEUE_PREFIX")
 
 
 def _function(name: str, spec: dict[str, Any]) -> Function:
@@ -84,6 +134,19 @@ def _function(name: str, spec: dict[str, Any]) -> Function:
         raise TemplateError(f"{name}: an http function needs routes and an app")
     if trigger == "rabbitmq" and not (spec.get("queue") and spec.get("command")):
         raise TemplateError(f"{name}: a rabbitmq function needs a queue and a command")
+    scale = {str(k): int(v) for k, v in (spec.get("scale") or {}).items()}
+    if unknown := set(scale) - SCALE_KEYS[trigger]:
+        raise TemplateError(f"{name}: unknown scale keys {sorted(unknown)} for trigger {trigger}")
+    if not 0 <= scale.get("min", 0) <= scale.get("max", 1) or scale.get("max", 1) < 1:
+        raise TemplateError(f"{name}: scale needs 0 <= min <= max and max >= 1")
+    if any(scale.get(key, 1) < 1 for key in ("concurrency", "target", "idle_seconds")):
+        raise TemplateError(f"{name}: scale concurrency, target and idle_seconds must be positive")
+    resources = {
+        str(k): {str(r): str(v) for r, v in (limits or {}).items()}
+        for k, limits in (spec.get("resources") or {}).items()
+    }
+    if set(resources) - RESOURCE_KEYS[0] or any(set(r) - RESOURCE_KEYS[1] for r in resources.values()):
+        raise TemplateError(f"{name}: resources take requests/limits of cpu/memory")
     return Function(
         name=name,
         source=str(spec["source"]),
@@ -93,7 +156,9 @@ def _function(name: str, spec: dict[str, Any]) -> Function:
         command=tuple(str(c) for c in spec.get("command") or ()),
         routes=routes,
         env={str(k): str(v) for k, v in (spec.get("env") or {}).items()},
-        scale={str(k): int(v) for k, v in (spec.get("scale") or {}).items()},
-        signs_tokens=bool(spec.get("signs_tokens", False)),
+        secrets=tuple(str(s) for s in spec.get("secrets") or ()),
+        resources=resources,
+        scale=scale,
         queue=str(spec.get("queue", "")),
+        shutdown_seconds=int(spec.get("shutdown_seconds", 30)),
     )

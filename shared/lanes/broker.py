@@ -25,12 +25,24 @@ PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, co
 # AMQP reply codes that close a channel but leave the connection usable.
 NOT_FOUND, RESOURCE_LOCKED, PRECONDITION_FAILED = 404, 405, 406
 
+# A quorum queue returns a nacked or requeued message to its *back* unless the queue
+# has a delivery limit (RabbitMQ's quorum queue guide, "Repeated Requeues"); with one
+# it goes back near the head, which per-user FIFO needs (docs/design.md 4.3). The
+# worker gives a request up after MAX_ATTEMPTS, so this limit is only a backstop
+# against a broker-side drop: it must stay far above any real redelivery count.
+QUORUM_DELIVERY_LIMIT = 10_000
+
 
 @dataclass(frozen=True)
 class QueueNames:
     """Every queue name in one place, all under the configured prefix."""
 
     prefix: str
+    queue_type: str = "classic"
+
+    @classmethod
+    def of(cls, settings: Settings) -> QueueNames:
+        return cls(settings.queue_prefix, settings.queue_type)
 
     @property
     def ready(self) -> str:
@@ -70,16 +82,22 @@ def open_connection(settings: Settings) -> pika.BlockingConnection:
 def lane_arguments(settings: Settings) -> dict[str, Any]:
     """Lane queue arguments: RabbitMQ itself refuses publishes beyond the depth limit, and
     deletes a lane that nobody declared, consumed or read for the idle period."""
-    return {
+    arguments: dict[str, Any] = {
         "x-max-length": settings.lane_depth_limit,
         "x-overflow": "reject-publish",
         "x-expires": settings.lane_idle_seconds * 1000,
-        "x-queue-type": "classic",
+        "x-queue-type": settings.queue_type,
     }
+    if settings.queue_type == "quorum":
+        arguments["x-delivery-limit"] = QUORUM_DELIVERY_LIMIT
+    return arguments
 
 
 def declare_ready_queue(channel: BlockingChannel, names: QueueNames) -> None:
-    channel.queue_declare(names.ready, durable=True, arguments={"x-queue-type": "classic"})
+    arguments: dict[str, Any] = {"x-queue-type": names.queue_type}
+    if names.queue_type == "quorum":
+        arguments["x-delivery-limit"] = QUORUM_DELIVERY_LIMIT
+    channel.queue_declare(names.ready, durable=True, arguments=arguments)
 
 
 def encode(message: dict[str, Any]) -> bytes:

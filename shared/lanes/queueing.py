@@ -54,7 +54,7 @@ class LanePublisher:
     def __init__(self, settings: Settings, pool: ChannelPool) -> None:
         self._settings = settings
         self._pool = pool
-        self._names = QueueNames(settings.queue_prefix)
+        self._names = QueueNames.of(settings)
         self._ready_declared = False
 
     def publish(self, user_id: str, request_id: str) -> int:

@@ -14,6 +14,7 @@ from lanes.errors import ConfigError
 # token forgeable by anyone who has read the seed.
 PLACEHOLDER_SECRETS = frozenset({"your_jwt_secret", "changeme", "secret"})
 MIN_SECRET_LENGTH = 32
+QUEUE_TYPES = ("classic", "quorum")
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class Settings:
     mongo_uri: str = "mongodb://127.0.0.1:27017/lanes"
     rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     queue_prefix: str = "lanes"
+    # "classic" on one broker node; "quorum" replicates lanes and the ready queue
+    # across a RabbitMQ cluster (docs/scaling.md weighs the cost).
+    queue_type: str = "classic"
     data_dir: str = ".lanes"
 
     jwt_secret: str = ""
@@ -110,6 +114,8 @@ class Settings:
             raise ConfigError("RABBITMQ_URL must be an amqp:// URL")
         if not self.queue_prefix.replace("-", "").replace("_", "").isalnum():
             raise ConfigError("QUEUE_PREFIX may hold only letters, digits, '-' and '_'")
+        if self.queue_type not in QUEUE_TYPES:
+            raise ConfigError(f"QUEUE_TYPE must be one of {', '.join(QUEUE_TYPES)}")
 
     @property
     def database_name(self) -> str:
@@ -145,7 +151,8 @@ def _parse_bool(raw: str) -> bool:
 
 
 def load_settings(env_file: str | os.PathLike[str] = ".env") -> Settings:
-    """Settings from the process environment, falling back to a `.env` file.
+    """Settings from the process environment, falling back to a `.env` file and to
+    the files of SECRETS_DIR.
 
     Only entry points call this; everything below them receives the Settings.
     """
@@ -153,4 +160,22 @@ def load_settings(env_file: str | os.PathLike[str] = ".env") -> Settings:
 
     merged: dict[str, str] = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
     merged.update(os.environ)
+    if merged.get("SECRETS_DIR"):
+        merged = {**secret_files(Path(merged["SECRETS_DIR"])), **merged}
     return Settings.from_env(merged)
+
+
+def secret_files(directory: Path) -> dict[str, str]:
+    """Settings kept as one file per value, as OpenFaaS mounts its secrets.
+
+    A file named like a setting in lower case with dashes (`mongo-uri`) gives that
+    setting (`MONGO_URI`); other files (key PEMs) are left to the settings that
+    name their paths. The environment still wins over a file.
+    """
+    known = {field.name.upper() for field in fields(Settings)}
+    values = {}
+    for path in sorted(directory.glob("*")) if directory.is_dir() else ():
+        name = path.name.upper().replace("-", "_")
+        if name in known and path.is_file():
+            values[name] = path.read_text().strip()
+    return values

@@ -159,6 +159,9 @@ def health_blueprint(checks: dict[str, Callable[[], None]]) -> Blueprint:
     blueprint = Blueprint("health", __name__)
 
     @blueprint.get("/healthz")
+    # OpenFaaS Community Edition probes every function at this watchdog path and
+    # ignores custom probe paths (README, "Deploy").
+    @blueprint.get("/_/health")
     def healthz() -> Response:
         return jsonify({"status": "ok"})
 

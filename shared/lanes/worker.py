@@ -401,7 +401,7 @@ def create_worker(settings: Settings) -> tuple[WorkerState, list[Callable[[], No
         settings=settings,
         registry=build_registry(settings),
         requests=Requests(db),
-        names=QueueNames(settings.queue_prefix),
+        names=QueueNames.of(settings),
     )
     loops: list[Callable[[], None]] = [Slot(i, state).run for i in range(settings.worker_slots)]
     loops.append(Sweeper(state).run)

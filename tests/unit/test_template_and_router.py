@@ -26,9 +26,19 @@ def test_only_the_signing_function_gets_the_private_key() -> None:
     template = load()
     base = {"JWT_PRIVATE_KEY_FILE": "/k", "JWT_PUBLIC_KEY_FILE": "/p"}
     assert function_env(template, template.function("login"), base)["JWT_PRIVATE_KEY_FILE"] == "/k"
-    for name in ("register", "enqueue", "status", "worker"):
+    for name in ("enqueue", "status"):
         env = function_env(template, template.function(name), base)
         assert "JWT_PRIVATE_KEY_FILE" not in env and env["JWT_PUBLIC_KEY_FILE"] == "/p"
+
+
+def test_a_function_gets_only_the_secrets_it_lists() -> None:
+    template = load()
+    base = {"MONGO_URI": "mongodb://db/x", "RABBITMQ_URL": "amqp://b/", "JWT_SECRET": "s" * 32, "OTHER": "kept"}
+    register = function_env(template, template.function("register"), base)
+    assert register["MONGO_URI"] == "mongodb://db/x" and register["OTHER"] == "kept"
+    assert "RABBITMQ_URL" not in register and "JWT_SECRET" not in register
+    worker = function_env(template, template.function("worker"), base)
+    assert "JWT_SECRET" not in worker and worker["RABBITMQ_URL"] == "amqp://b/"
 
 
 def test_a_template_with_a_clashing_route_is_refused(tmp_path: Path) -> None:
@@ -40,3 +50,35 @@ def test_a_template_with_a_clashing_route_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(TemplateError):
         load(broken)
+
+
+WORKER = (
+    "  w: {source: functions/worker, trigger: rabbitmq, command: [python, main.py], queue: lanes.ready, "
+    "secrets: [MONGO_URI], scale: {min: 0, max: 2, target: 4}}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("snippet", "complaint"),
+    [
+        (WORKER.replace("lanes.ready", "lanes.lane.x"), "queue must be lanes.ready"),
+        (WORKER.replace("secrets: [MONGO_URI]", "secrets: [NOPE]"), "not declared"),
+        (WORKER.replace("target: 4", "concurrency: 4"), "unknown scale keys"),
+        (WORKER.replace("min: 0, max: 2", "min: 3, max: 2"), "min <= max"),
+        (WORKER.replace("scale:", "resources: {requests: {gpu: 1}}, scale:"), "resources"),
+        (WORKER + WORKER.replace("  w:", "  w2:"), "exactly one function"),
+    ],
+)
+def test_a_template_that_cannot_deploy_is_refused(tmp_path: Path, snippet: str, complaint: str) -> None:
+    broken = tmp_path / "template.yaml"
+    broken.write_text("version: 1\nsecrets: [MONGO_URI]\nfunctions:\n" + snippet)
+    with pytest.raises(TemplateError, match=complaint):
+        load(broken)
+
+
+def test_the_worker_scales_on_the_ready_queue_one_busy_lane_per_slot() -> None:
+    template = load()
+    worker = template.worker
+    assert worker.queue == f"{template.env['QUEUE_PREFIX']}.ready"
+    assert worker.scale["target"] == int(template.env_of(worker)["WORKER_SLOTS"])
+    assert worker.scale["min"] == 0

@@ -1,0 +1,90 @@
+"""Quorum-queue lanes keep the per-user FIFO that docs/design.md 4.3 argues for classic ones."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pika
+import pytest
+
+from lanes.broker import lane_arguments
+from lanes.settings import Settings
+from tests.conftest import Workers
+from tests.support import management_api, wait_until
+from tests.support_lanes import ordering_violations, outcome_counts
+from tests.support_stack import Stack, isolated_stack
+
+
+@pytest.fixture
+def vhost(running_services: None) -> Iterator[str]:
+    name = f"lanes-test-{uuid.uuid4().hex[:10]}"
+    management_api("PUT", f"/api/vhosts/{name}")
+    management_api("PUT", f"/api/permissions/{name}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+    yield name
+    management_api("DELETE", f"/api/vhosts/{name}")
+
+
+def _channel(vhost: str) -> tuple[pika.BlockingConnection, Any]:
+    connection = pika.BlockingConnection(pika.URLParameters(f"amqp://guest:guest@127.0.0.1:5672/{vhost}"))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    return connection, channel
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_a_requeued_or_abandoned_head_comes_back_first(vhost: str, queue_type: str) -> None:
+    # Given a lane declared as Lanes declares it, holding A, B, C
+    arguments = lane_arguments(Settings.from_env({"QUEUE_TYPE": queue_type}))
+    connection, channel = _channel(vhost)
+    channel.queue_declare("lane", durable=True, arguments=arguments)
+    for body in (b"A", b"B", b"C"):
+        channel.basic_publish("", "lane", body, mandatory=True)
+
+    # When the holder nacks the head back (what the worker does on a database error)
+    method, _, body = channel.basic_get("lane")
+    channel.basic_nack(method.delivery_tag, requeue=True)
+    # Then A is still the head
+    method, _, body = channel.basic_get("lane")
+    assert body == b"A"
+
+    # And when the holder dies with A unacknowledged, the next holder sees A first
+    connection.close()
+    connection, channel = _channel(vhost)
+    _, _, body = channel.basic_get("lane")
+    assert body == b"A"
+    connection.close()
+
+
+@pytest.fixture(scope="module")
+def quorum_stack(running_services: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with isolated_stack(tmp_path_factory.mktemp("quorum"), ["--workers", "0"], QUEUE_TYPE="quorum") as stack:
+        yield stack
+
+
+def test_quorum_lanes_run_in_order_and_survive_a_killed_worker(quorum_stack: Stack) -> None:
+    workers = Workers(quorum_stack.env)
+    try:
+        # Given a quorum lane whose head is running on the only worker
+        user = quorum_stack.api.new_user("quorum")
+        ids = [user.enqueue("sleep", {"ms": 2000})] + [user.enqueue("echo", {"n": n}) for n in range(3)]
+        types = {q["name"]: q.get("type") for q in quorum_stack.queues()}
+        assert "quorum" == types["lanes.ready"] == next(t for n, t in types.items() if n.startswith("lanes.lane."))
+        (victim,) = workers.start(1, WORKER_SLOTS="1")
+        wait_until(lambda: user.request(ids[0])["status"] == "processing", timeout=30, what="the head to start")
+
+        # When the worker is killed mid-request and another takes over
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        workers.start(1, WORKER_SLOTS="1")
+
+        # Then the head runs again first, once, and the rest follow in order
+        records = user.wait_terminal(ids, timeout=60)
+        assert [r["status"] for r in records] == ["done"] * 4
+        assert [r["attempts"] for r in records] == [2, 1, 1, 1]
+        assert ordering_violations(records) == []
+        assert set(outcome_counts(quorum_stack.database, ids).values()) == {1}
+    finally:
+        workers.stop_all()

@@ -204,10 +204,10 @@ class Requests:
         )
 
     @translate_errors
-    def queued_records(self) -> list[dict[str, Any]]:
-        """Every queued record, oldest first, with what the sweeper needs."""
+    def pending_records(self) -> list[dict[str, Any]]:
+        """Every queued or processing record, oldest first, with what the sweeper needs."""
         projection = {"user_id": 1}
-        return list(self._requests.find({"status": "queued"}, projection).sort("_id", 1))
+        return list(self._requests.find({"status": {"$in": list(PENDING)}}, projection).sort("_id", 1))
 
     @translate_errors
     def recorded_outcome(self, request_id: str) -> dict[str, Any] | None:

@@ -357,16 +357,41 @@ class Sweeper:
                 log.warning("sweep failed: %s", error)
 
     def sweep(self) -> None:
-        oldest: dict[str, str] = {}
-        for record in self.state.requests.queued_records():
-            oldest.setdefault(record["user_id"], record["_id"])
-        stalled = [user for user, request_id in oldest.items() if self._oldest_seen.get(user) == request_id]
-        self._oldest_seen = oldest
+        pending: dict[str, list[str]] = {}
+        for record in self.state.requests.pending_records():
+            pending.setdefault(record["user_id"], []).append(record["_id"])
+        stalled = [user for user, ids in pending.items() if self._oldest_seen.get(user) == ids[0]]
+        self._oldest_seen = {user: ids[0] for user, ids in pending.items()}
         republished = self._publish_stranded()
         if stalled:
+            republished += self._restore_lost(stalled, pending)
             self._wake(stalled)
         if stalled or republished:
             log.info("sweep woke %d lanes and published %d stranded requests", len(stalled), republished)
+
+    def _restore_lost(self, stalled: list[str], pending: dict[str, list[str]]) -> int:
+        """Publish again the pending requests of stalled lanes whose queue lost them.
+
+        A lane expires with its messages if nobody read it for LANE_IDLE_SECONDS (every
+        worker down that long). A stalled lane with no ready message and no holder has
+        lost what its records say is pending; publishing them again, oldest first,
+        restores it (a copy of a request that finished after all is skipped).
+        """
+        lost = [user for user in stalled if self._lane_lost(user)]
+        for user in lost:
+            for request_id in pending[user]:
+                self._publisher.publish(user, request_id)
+        return sum(len(pending[user]) for user in lost)
+
+    def _lane_lost(self, user_id: str) -> bool:
+        with translate_errors():
+            connection = open_connection(self.state.settings)
+            try:
+                return _queue_state(connection, self.state.names.lane(user_id)) in ("missing", "empty") and (
+                    _queue_state(connection, self.state.names.lock(user_id)) == "missing"
+                )
+            finally:
+                connection.close()
 
     def _publish_stranded(self) -> int:
         """Publish requests whose enqueue stopped between storing and the broker's confirm."""
@@ -388,6 +413,21 @@ class Sweeper:
             for user_id in user_ids:
                 token = encode({"user_id": user_id})
                 channel.basic_publish("", self.state.names.ready, token, PERSISTENT)
+
+
+def _queue_state(connection: pika.BlockingConnection, queue: str) -> str:
+    """'missing', 'empty', 'ready' (has messages), or 'locked' (exclusive to another connection)."""
+    channel = connection.channel()
+    try:
+        ready = channel.queue_declare(queue, passive=True).method.message_count
+    except pika.exceptions.ChannelClosedByBroker as error:
+        if error.reply_code == NOT_FOUND:
+            return "missing"
+        if error.reply_code == RESOURCE_LOCKED:
+            return "locked"
+        raise
+    channel.close()
+    return "ready" if ready else "empty"
 
 
 def create_worker(settings: Settings) -> tuple[WorkerState, list[Callable[[], None]]]:

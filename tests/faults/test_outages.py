@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pika
+import pika.exceptions
 import pytest
 
 from deploy.services import FerretDB, RabbitMQ
@@ -140,3 +142,35 @@ def test_logs_never_hold_passwords_hashes_or_tokens(
     assert request_id in logs, "the logs were not captured"
     for secret in (password, "hunter2-wrong", user.token, user.token.split(".")[2], "$argon2id$"):
         assert secret not in logs
+
+
+def _lane_exists(rabbitmq_url: str, user_id: str) -> bool:
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        connection.channel().queue_declare(f"lanes.lane.{user_id}", passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    finally:
+        connection.close()
+
+
+def test_requests_of_a_lane_that_expired_while_no_worker_ran_are_restored(
+    fault_env: dict[str, str], fault_workers: Workers, fault_database: Any
+) -> None:
+    # Given lanes that expire after 2 s, and requests queued while no worker runs
+    env = {**fault_env, "LANE_IDLE_SECONDS": "2"}
+    with running_stack(env) as base_url:
+        user = Api(base_url).new_user("expired")
+        ids = [user.enqueue("echo", {"n": n}) for n in range(3)]
+        time.sleep(5)
+        user_id = fault_database.requests.find_one({"_id": ids[0]})["user_id"]
+        assert not _lane_exists(env["RABBITMQ_URL"], user_id), "the lane should have expired with its messages"
+        # When a worker comes back
+        fault_workers.start(1, LANE_IDLE_SECONDS="2", SWEEP_INTERVAL_SECONDS="1")
+        # Then its sweeper finds the stalled lane empty and unheld, and publishes its requests again
+        records = user.wait_terminal(ids, timeout=60)
+    assert [r["status"] for r in records] == ["done"] * 3
+    assert (
+        records[0]["finished_at"] <= records[1]["started_at"] and records[1]["finished_at"] <= records[2]["started_at"]
+    )

@@ -58,6 +58,12 @@ def function_env(template: Template, function: Function, base: dict[str, str]) -
     if not function.signs_tokens:
         # Only the token-signing function may hold the private key.
         env.pop("JWT_PRIVATE_KEY_FILE", None)
+    # Each function's processes share one metrics directory; the status function,
+    # which answers the base URL's /metrics, reads all of them (lanes.exposition).
+    metrics_root = Path(env.get("DATA_DIR") or ROOT / ".lanes").resolve() / "metrics"
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_root / function.name)
+    if function.name == "status":
+        env["METRICS_ROOT"] = str(metrics_root)
     return env
 
 
@@ -127,6 +133,11 @@ def start(template: Template, port: int, workers: int, data_dir: Path) -> Stack:
     (run_dir / "nginx.conf").write_text(nginx_config(template, port, ports, run_dir))
     stack.start("router", [NGINX, "-c", str(run_dir / "nginx.conf"), "-p", str(run_dir)], env)
     worker = template.function("worker")
+    from lanes.multiproc import reset
+
+    # Worker processes share their directory and none of them owns it: the runner,
+    # their platform here, empties it for each new stack.
+    reset(Path(function_env(template, worker, env)["PROMETHEUS_MULTIPROC_DIR"]))
     for index in range(workers):
         stack.start(
             f"worker-{index}",

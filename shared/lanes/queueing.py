@@ -110,7 +110,9 @@ class Enqueuer:
         self._requests = requests
         self._publisher = publisher
 
-    def enqueue(self, user_id: str, body: EnqueueBody, idempotency_key: str | None) -> Accepted:
+    def enqueue(
+        self, user_id: str, body: EnqueueBody, idempotency_key: str | None, correlation_id: str | None = None
+    ) -> Accepted:
         fingerprint = body_fingerprint(body.action, body.data)
         request_id = new_request_id()
         try:
@@ -122,7 +124,7 @@ class Enqueuer:
                         return Accepted(record=earlier, position=0, created=False)
                     # An earlier attempt bound the key and died before storing: finish its job.
                     request_id = binding["request_id"]
-            record = self._requests.create(request_id, user_id, body.action, body.data, fingerprint)
+            record = self._requests.create(request_id, user_id, body.action, body.data, fingerprint, correlation_id)
         except DatabaseError:
             raise self._unavailable("The database is unavailable.") from None
         try:

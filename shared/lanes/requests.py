@@ -87,7 +87,15 @@ class Requests:
     # -- the HTTP side ------------------------------------------------------------
 
     @translate_errors
-    def create(self, request_id: str, user_id: str, action: str, data: Any, fingerprint: str) -> dict[str, Any]:
+    def create(
+        self,
+        request_id: str,
+        user_id: str,
+        action: str,
+        data: Any,
+        fingerprint: str,
+        correlation_id: str | None = None,
+    ) -> dict[str, Any]:
         """Store a queued request, marked unpublished until `published` is called."""
         created_at = now()
         self._unpublished.insert_one({"_id": request_id, "user_id": user_id, "created_at": created_at})
@@ -101,6 +109,8 @@ class Requests:
             "created_at": created_at,
             "fingerprint": fingerprint,
         }
+        if correlation_id is not None:
+            record["correlation_id"] = correlation_id  # the worker logs it with the outcome
         self._requests.insert_one(record)
         return record
 

@@ -6,8 +6,11 @@ the status function exports them. No label names a user: how deep lanes are is
 a histogram of depths, never one series per lane.
 
 Cost per scrape is bounded and cached (METRICS_CACHE_SECONDS): one management
-API call for the ready queue, at most MAX_PAGES pages of lane queues (name and
-depth only), and three small database reads.
+API call for the ready queue, at most MAX_PAGES pages of lane queues (name,
+depth and the head's timestamp only), and an estimated count of dead letters.
+The oldest pending request's age comes from the lanes' heads, stamped with
+their acceptance time, not from the database: on FerretDB, finding the oldest
+record by status scans the whole collection.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -30,7 +32,6 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from lanes.broker import QueueNames
-from lanes.requests import PENDING
 from lanes.settings import Settings
 
 log = logging.getLogger("lanes.metrics")
@@ -82,7 +83,7 @@ class ManagementApi:
                 page_size=PAGE_SIZE,
                 name=name_regex,
                 use_regex="true",
-                columns="name,messages",
+                columns="name,messages,head_message_timestamp",
                 sort="messages",
                 sort_reverse="true",
             )
@@ -97,12 +98,14 @@ class LaneStats:
         settings: Settings,
         db: Database[dict[str, Any]],
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._db = db
         self._api = ManagementApi(settings)
         self._names = QueueNames(settings.queue_prefix)
         self._clock = clock
+        self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self._cached: tuple[float, Snapshot] | None = None
 
@@ -144,25 +147,25 @@ class LaneStats:
         snapshot.lanes_waiting = int(ready.get("messages_ready") or 0)
         snapshot.ready_consumers = int(ready.get("consumers") or 0)
         lane_regex = "^" + self._names.lane("").replace(".", r"\.")
+        oldest: float | None = None
         for page in range(1, MAX_PAGES + 1):
             listing = self._api.queues(lane_regex, page)
             snapshot.lanes = int(listing.get("filtered_count") or 0)
-            depths = [int(queue.get("messages") or 0) for queue in listing.get("items") or ()]
-            snapshot.depths.extend(depth for depth in depths if depth > 0)
+            items = [queue for queue in listing.get("items") or () if int(queue.get("messages") or 0) > 0]
+            snapshot.depths.extend(int(queue["messages"]) for queue in items)
+            # Lanes stamp each message with its acceptance time (older messages may lack it).
+            heads = [float(queue["head_message_timestamp"]) for queue in items if queue.get("head_message_timestamp")]
+            if heads and (oldest is None or min(heads) < oldest):
+                oldest = min(heads)
             # Sorted deepest first: the first empty lane ends the lanes with work.
-            if page >= int(listing.get("page_count") or 0) or (depths and depths[-1] == 0):
+            if page >= int(listing.get("page_count") or 0) or len(items) < len(listing.get("items") or ()):
                 break
         snapshot.lanes_with_backlog = len(snapshot.depths)
         snapshot.backlog = sum(snapshot.depths)
+        if oldest is not None:
+            snapshot.oldest_pending_age = max(0.0, self._wall_clock() - oldest)
 
     def _measure_database(self, snapshot: Snapshot) -> None:
-        oldest: list[datetime] = []
-        for status in PENDING:
-            # By status, oldest first, one document: the (status, created_at) index answers it.
-            cursor = self._db.requests.find({"status": status}, {"created_at": 1}).sort("created_at", 1).limit(1)
-            oldest.extend(doc["created_at"] for doc in cursor if isinstance(doc.get("created_at"), datetime))
-        if oldest:
-            snapshot.oldest_pending_age = max(0.0, (datetime.now(UTC) - min(oldest)).total_seconds())
         snapshot.dead_letters = self._db.dead_letters.estimated_document_count()
 
 
@@ -182,13 +185,13 @@ def _families(snapshot: Snapshot) -> Iterator[Metric]:
             snapshot.ready_consumers,
         )
         yield _depth_histogram(snapshot.depths)
-    if snapshot.database_up:
-        yield _gauge("lanes_dead_letters", "Requests kept in the dead-letter store.", snapshot.dead_letters)
         yield _gauge(
             "lanes_oldest_pending_age_seconds",
-            "Age of the oldest request that is queued or processing; 0 when none is.",
+            "Age of the oldest request in a lane (waiting, or running at a lane's head); 0 when none is.",
             snapshot.oldest_pending_age,
         )
+    if snapshot.database_up:
+        yield _gauge("lanes_dead_letters", "Requests kept in the dead-letter store.", snapshot.dead_letters)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

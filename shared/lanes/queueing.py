@@ -27,9 +27,10 @@ from lanes.broker import (
     declare_ready_queue,
     encode,
     lane_arguments,
+    persistent_since,
 )
 from lanes.errors import BrokerError, DatabaseError, TooManyRequests, Unavailable
-from lanes.requests import Requests, body_fingerprint, new_request_id
+from lanes.requests import Requests, accepted_at, body_fingerprint, new_request_id
 from lanes.settings import Settings
 from lanes.validation import EnqueueBody
 
@@ -63,17 +64,18 @@ class LanePublisher:
         """
         lane = self._names.lane(user_id)
         message = encode({"request_id": request_id, "user_id": user_id})
+        properties = persistent_since(accepted_at(request_id))
         with self._pool.channel() as channel:
             # Declaring right before publishing restarts the lane's idle timer, so the
             # broker cannot expire the lane (and our message with it) under us.
             channel = self._declare_lane(channel, lane)
             try:
-                channel.basic_publish("", lane, message, PERSISTENT, mandatory=True)
+                channel.basic_publish("", lane, message, properties, mandatory=True)
             except pika.exceptions.NackError:
                 raise LaneFull from None
             except pika.exceptions.UnroutableError:
                 channel = self._declare_lane(channel, lane)
-                channel.basic_publish("", lane, message, PERSISTENT, mandatory=True)
+                channel.basic_publish("", lane, message, properties, mandatory=True)
             try:
                 return self._wake(channel, user_id, lane)
             except (pika.exceptions.AMQPError, OSError) as error:

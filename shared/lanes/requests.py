@@ -48,6 +48,11 @@ def new_request_id() -> str:
     return raw.hex()
 
 
+def accepted_at(request_id: str) -> float:
+    """When a request was accepted (seconds since the epoch), read back from its id."""
+    return int(request_id[:12], 16) / 1000
+
+
 def body_fingerprint(action: str, data: Any) -> str:
     canonical = json.dumps({"action": action, "data": data}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -7,7 +7,7 @@ from flask import Flask, Response, jsonify, request
 from lanes import validation
 from lanes.broker import open_connection
 from lanes.db import connect, ping
-from lanes.exposition import add_collector
+from lanes.httpmetrics import add_collector
 from lanes.lanestats import LaneStats
 from lanes.logs import configure_logging
 from lanes.requests import Requests, public_view

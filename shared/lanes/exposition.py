@@ -11,6 +11,9 @@ functions stays two series. Two deployments, one mechanism:
   METRICS_ROOT, the parent of every function's directory, so the base URL's
   /metrics shows every function and every worker process without any
   process calling another (docs/observability.md says why).
+
+The HTTP side (prometheus-flask-exporter, the /metrics view) is in
+lanes.httpmetrics: the worker has no Flask.
 """
 
 from __future__ import annotations
@@ -20,18 +23,13 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from flask import Flask, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from lanes import multiproc
 from lanes.settings import Settings
-
-# Probes and scrapes say nothing about traffic and would drown it.
-UNTRACKED_PATHS = (r"^/metrics$", r"^/healthz$", r"^/readyz$")
-_COLLECTORS = "lanes.metrics_collectors"
 
 
 def sources(settings: Settings, function: str) -> dict[str, Path]:
@@ -105,44 +103,6 @@ def scrape_registry(
     for collector in extra:
         scrape.register(collector)
     return scrape
-
-
-def path(request: Request) -> str:
-    """The route a request matched (`/requests/<request_id>`), never the raw path: ids are unbounded.
-
-    Named `path` because prometheus-flask-exporter names the label after this function.
-    """
-    rule = request.url_rule
-    return rule.rule if rule is not None else "unmatched"
-
-
-def instrument(app: Flask, function: str, settings: Settings) -> None:
-    """HTTP metrics for every route of `app` (prometheus-flask-exporter), and GET /metrics."""
-    from prometheus_flask_exporter import PrometheusMetrics
-
-    # A registry of its own: two apps in one process must not collide in the global one.
-    own = CollectorRegistry()
-    PrometheusMetrics(
-        app,
-        path=None,
-        registry=own,
-        defaults_prefix="lanes",
-        group_by=path,
-        excluded_paths=list(UNTRACKED_PATHS),
-    )
-    extra: list[Collector] = []
-    app.extensions[_COLLECTORS] = extra
-
-    def metrics() -> Response:
-        body = generate_latest(scrape_registry(settings, function, own, extra))
-        return Response(body, content_type=CONTENT_TYPE_LATEST)
-
-    app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
-
-
-def add_collector(app: Flask, collector: Collector) -> None:
-    """Add metrics computed at scrape time (the status function's lane statistics) to GET /metrics."""
-    app.extensions[_COLLECTORS].append(collector)
 
 
 def serve(settings: Settings, function: str, fallback: CollectorRegistry) -> None:

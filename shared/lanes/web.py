@@ -22,7 +22,7 @@ from lanes.errors import (
     UnsupportedMediaType,
     ValidationError,
 )
-from lanes.exposition import instrument
+from lanes.httpmetrics import instrument
 from lanes.settings import Settings
 from lanes.tokens import Claims
 from lanes.users import Sessions, User

@@ -222,6 +222,8 @@ class Slot:
         requests = self.state.requests
         record = requests.get(request_id)
         if record is None or record["status"] in TERMINAL:
+            if record is not None and record["status"] == "cancelled":
+                metrics.request_settled(record, "cancelled")  # its turn came; the lane moves past it
             return  # never accepted, cancelled, or a redelivered copy of a finished request
         if record["status"] == "processing":  # redelivered: the last holder died mid-request
             metrics.request_redelivered(record)

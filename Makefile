@@ -3,7 +3,7 @@ PY := .venv/bin/python
 PORT ?= 8080
 WORKERS ?= 2
 
-.PHONY: setup run test unit integration faults lint format services stop clean
+.PHONY: setup run test unit integration faults lint format services stop clean prometheus dashboard-png
 
 setup:  ## install everything a fresh machine needs (idempotent)
 	@scripts/setup.sh
@@ -31,6 +31,13 @@ lint: setup
 format: setup
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
+
+prometheus: setup  ## Prometheus on http://127.0.0.1:9090 scraping `make run` (PORT), with Lanes' alerts
+	$(PY) -m deploy.prometheus --target 127.0.0.1:$(PORT)
+
+dashboard-png: setup  ## a fresh stack, Prometheus and a burst of load, drawn as build/dashboard-overview.png
+	LANES_DASHBOARD_PNG=$(CURDIR)/build/dashboard-overview.png $(PY) -m pytest -q tests/integration/test_prometheus.py
+	@echo "dashboard: build/dashboard-overview.png"
 
 services: setup  ## start the embedded RabbitMQ and FerretDB and leave them running
 	$(PY) -m deploy.services up

@@ -114,8 +114,9 @@ def render(prometheus: Prometheus, name: str, out: Path, minutes: float = 15, ra
     # Gaps between grid rows leave room for each panel's title and the time axis above it.
     grid = figure.add_gridspec(rows, 24, left=0.035, right=0.99, top=1 - 0.9 / height, bottom=0.03)
     grid.update(wspace=1.2, hspace=3.2)
+    moment = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(end))
     figure.suptitle(
-        f"{board['title']}   ·   last {minutes:g} min   ·   {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(end))}",
+        f"{board['title']}   ·   last {_duration(minutes * 60)}   ·   {moment}",
         color=TEXT,
         fontsize=15,
         x=0.02,
@@ -128,7 +129,7 @@ def render(prometheus: Prometheus, name: str, out: Path, minutes: float = 15, ra
         defaults = panel.get("fieldConfig", {}).get("defaults", {})
         unit = defaults.get("unit")
         targets = [
-            (substitute(t["expr"], rate_interval, f"{int(minutes)}m"), t.get("legendFormat", ""))
+            (substitute(t["expr"], rate_interval, f"{max(1, round(minutes * 60))}s"), t.get("legendFormat", ""))
             for t in panel["targets"]
         ]
         if panel["type"] == "stat":
@@ -147,6 +148,10 @@ def render(prometheus: Prometheus, name: str, out: Path, minutes: float = 15, ra
     figure.savefig(out, dpi=80, facecolor=BACKGROUND)
     plt.close(figure)
     return out
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def _style(axes: Any, title: str) -> None:

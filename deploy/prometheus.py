@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     process = prometheus.process
     assert process is not None
     print(f"Prometheus is serving on {prometheus.url} (Ctrl-C stops it)", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: prometheus.stop())
+    # Only forward the signal: waiting here, inside the handler, would deadlock with the wait below.
+    signal.signal(signal.SIGTERM, lambda *_: process.terminate())
     try:
         process.wait()
     except KeyboardInterrupt:

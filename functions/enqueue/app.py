@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     def enqueue() -> tuple[Response, int]:
         user, _claims = authenticate(sessions)
         body = validation.enqueue_body(json_body(), known_actions)
+        g.action = body.action
         key = validation.idempotency_key(request.headers.get("Idempotency-Key"))
         accepted = enqueuer.enqueue(user.id, body, key, correlation.current())
         g.request_id = accepted.record["_id"]

@@ -24,6 +24,7 @@ def use_metrics_dir(function: str) -> Path:
 
 
 def logconfig_dict(function: str, level: str) -> dict[str, Any]:
+    """JSON error log, and the access log when ACCESS_LOG is true (read here, like gunicorn's own settings)."""
     access = os.environ.get("ACCESS_LOG", "").strip().lower() in ("1", "true", "yes", "on")
     return gunicorn_logconfig(function, level, access=access)
 

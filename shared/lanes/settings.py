@@ -46,7 +46,6 @@ class Settings:
 
     worker_slots: int = 4
     log_level: str = "INFO"
-    access_log: bool = False
 
     # Metrics (lanes.exposition). PROMETHEUS_MULTIPROC_DIR is the multiprocess
     # directory of this function's processes; METRICS_ROOT, where functions share

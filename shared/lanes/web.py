@@ -111,6 +111,8 @@ def _log_request(response: Response) -> Response:
             extra["request_id"] = g.request_id
         if "correlation_id" in g:
             extra["correlation_id"] = g.correlation_id
+        if "action" in g:
+            extra["action"] = g.action
         log.info("http request", extra=extra)
     return response
 

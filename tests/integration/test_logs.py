@@ -57,6 +57,8 @@ def test_logs_are_json_follow_the_request_and_hold_no_secret(
     # And the correlation id is logged where the request was accepted and where it ran
     followed = [e for e in entries if e.get("correlation_id") == correlation_id]
     assert {e["function"] for e in followed} >= {"enqueue", "worker"}
+    accepted = next(e for e in followed if e["function"] == "enqueue" and e["logger"] == "lanes.http")
+    assert accepted["status"] == 202 and accepted["action"] == "echo" and accepted["user_id"] and accepted["request_id"]
     done = next(e for e in followed if e["function"] == "worker")
     assert done["status"] == "done" and done["duration_ms"] >= 0 and done["action"] == "echo"
 

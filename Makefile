@@ -3,7 +3,7 @@ PY := .venv/bin/python
 PORT ?= 8080
 WORKERS ?= auto
 
-.PHONY: setup run test unit integration faults lint format services stop clean render
+.PHONY: setup run test unit integration faults lint format services stop clean render prometheus dashboard-png
 
 setup:  ## install everything a fresh machine needs (idempotent)
 	@scripts/setup.sh
@@ -36,6 +36,13 @@ render: setup  ## manifests from template.yaml: make render OUT=DIR -> DIR/knati
 	@test -n "$(OUT)" || { echo "usage: make render OUT=DIR" >&2; exit 2; }
 	$(PY) -m deploy.render knative --out $(OUT)/knative
 	$(PY) -m deploy.render openfaas --out $(OUT)/openfaas
+
+prometheus: setup  ## Prometheus on http://127.0.0.1:9090 scraping `make run` (PORT), with Lanes' alerts
+	$(PY) -m deploy.prometheus --target 127.0.0.1:$(PORT)
+
+dashboard-png: setup  ## a fresh stack, Prometheus and a burst of load, drawn as build/dashboard-overview.png
+	LANES_DASHBOARD_PNG=$(CURDIR)/build/dashboard-overview.png $(PY) -m pytest -q tests/integration/test_prometheus.py
+	@echo "dashboard: build/dashboard-overview.png"
 
 services: setup  ## start the embedded RabbitMQ and FerretDB and leave them running
 	$(PY) -m deploy.services up

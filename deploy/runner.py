@@ -62,6 +62,12 @@ def function_env(template: Template, function: Function, base: dict[str, str]) -
         if secret.name not in function.secrets:
             # A function gets only the secrets it lists: only `login` may sign tokens.
             env.pop(secret.name, None)
+    # Each function's processes share one metrics directory; the status function,
+    # which answers the base URL's /metrics, reads all of them (lanes.exposition).
+    metrics_root = Path(env.get("DATA_DIR") or ROOT / ".lanes").resolve() / "metrics"
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_root / function.name)
+    if function.name == "status":
+        env["METRICS_ROOT"] = str(metrics_root)
     return env
 
 
@@ -145,6 +151,11 @@ def start(template: Template, port: int, workers: int, data_dir: Path) -> Stack:
     (run_dir / "nginx.conf").write_text(nginx_config(template, port, ports, run_dir))
     stack.start("router", [NGINX, "-c", str(run_dir / "nginx.conf"), "-p", str(run_dir)], env)
     worker = template.worker
+    from lanes.multiproc import reset
+
+    # Worker processes share their directory and none of them owns it: the runner,
+    # their platform here, empties it for each new stack.
+    reset(Path(function_env(template, worker, env)["PROMETHEUS_MULTIPROC_DIR"]))
     for index in range(workers):
         stack.start(
             f"worker-{index}", worker_argv(worker), function_env(template, worker, env), cwd=ROOT / worker.source

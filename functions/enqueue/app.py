@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, Response, g, jsonify, request
 
-from lanes import validation
+from lanes import correlation, validation
 from lanes.actions import build_registry
 from lanes.broker import ChannelPool, open_connection
 from lanes.db import connect, ensure_indexes, ping
@@ -38,8 +38,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     def enqueue() -> tuple[Response, int]:
         user, _claims = authenticate(sessions)
         body = validation.enqueue_body(json_body(), known_actions)
+        g.action = body.action
         key = validation.idempotency_key(request.headers.get("Idempotency-Key"))
-        accepted = enqueuer.enqueue(user.id, body, key)
+        accepted = enqueuer.enqueue(user.id, body, key, correlation.current())
         g.request_id = accepted.record["_id"]
         if not accepted.created:
             return jsonify(public_view(accepted.record)), 200

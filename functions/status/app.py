@@ -7,6 +7,8 @@ from flask import Flask, Response, jsonify, request
 from lanes import validation
 from lanes.broker import open_connection
 from lanes.db import connect, ping
+from lanes.httpmetrics import add_collector
+from lanes.lanestats import LaneStats
 from lanes.logs import configure_logging
 from lanes.openapi import load_openapi
 from lanes.requests import Requests, public_view
@@ -26,6 +28,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(
         health_blueprint({"database": lambda: ping(db), "broker": lambda: open_connection(settings).close()})
     )
+    # The lanes as a whole: exported here because they must be seen while no worker runs.
+    add_collector(app, LaneStats(settings, db))
 
     api_description = load_openapi()
 

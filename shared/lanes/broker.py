@@ -22,6 +22,15 @@ from lanes.settings import Settings
 
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json")
 
+
+def persistent_since(accepted_at: float) -> pika.BasicProperties:
+    """PERSISTENT, stamped with when the request was accepted: RabbitMQ then reports the age of
+    each lane's head (`head_message_timestamp`), which the lane gauges read instead of the database."""
+    return pika.BasicProperties(
+        delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json", timestamp=int(accepted_at)
+    )
+
+
 # AMQP reply codes that close a channel but leave the connection usable.
 NOT_FOUND, RESOURCE_LOCKED, PRECONDITION_FAILED = 404, 405, 406
 

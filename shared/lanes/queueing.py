@@ -27,10 +27,11 @@ from lanes.broker import (
     declare_ready_queue,
     encode,
     lane_arguments,
+    persistent_since,
 )
 from lanes.errors import BrokerError, DatabaseError, TooManyRequests, Unavailable
 from lanes.faults import maybe_crash
-from lanes.requests import Requests, body_fingerprint, new_request_id
+from lanes.requests import Requests, accepted_at, body_fingerprint, new_request_id
 from lanes.settings import Settings
 from lanes.validation import EnqueueBody
 
@@ -64,17 +65,18 @@ class LanePublisher:
         """
         lane = self._names.lane(user_id)
         message = encode({"request_id": request_id, "user_id": user_id})
+        properties = persistent_since(accepted_at(request_id))
         with self._pool.channel() as channel:
             # Declaring right before publishing restarts the lane's idle timer, so the
             # broker cannot expire the lane (and our message with it) under us.
             channel = self._declare_lane(channel, lane)
             try:
-                channel.basic_publish("", lane, message, PERSISTENT, mandatory=True)
+                channel.basic_publish("", lane, message, properties, mandatory=True)
             except pika.exceptions.NackError:
                 raise LaneFull from None
             except pika.exceptions.UnroutableError:
                 channel = self._declare_lane(channel, lane)
-                channel.basic_publish("", lane, message, PERSISTENT, mandatory=True)
+                channel.basic_publish("", lane, message, properties, mandatory=True)
             try:
                 return self._wake(channel, user_id, lane)
             except (pika.exceptions.AMQPError, OSError) as error:
@@ -111,7 +113,9 @@ class Enqueuer:
         self._requests = requests
         self._publisher = publisher
 
-    def enqueue(self, user_id: str, body: EnqueueBody, idempotency_key: str | None) -> Accepted:
+    def enqueue(
+        self, user_id: str, body: EnqueueBody, idempotency_key: str | None, correlation_id: str | None = None
+    ) -> Accepted:
         fingerprint = body_fingerprint(body.action, body.data)
         request_id = new_request_id()
         try:
@@ -124,7 +128,7 @@ class Enqueuer:
                         return Accepted(record=earlier, position=0, created=False)
                     # An earlier attempt bound the key and died before storing: finish its job.
                     request_id = binding["request_id"]
-            record = self._requests.create(request_id, user_id, body.action, body.data, fingerprint)
+            record = self._requests.create(request_id, user_id, body.action, body.data, fingerprint, correlation_id)
         except DatabaseError:
             raise self._unavailable("The database is unavailable.") from None
         maybe_crash("after_store", self._settings.fault_crash_after_store)

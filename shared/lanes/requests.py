@@ -48,6 +48,11 @@ def new_request_id() -> str:
     return raw.hex()
 
 
+def accepted_at(request_id: str) -> float:
+    """When a request was accepted (seconds since the epoch), read back from its id."""
+    return int(request_id[:12], 16) / 1000
+
+
 def body_fingerprint(action: str, data: Any) -> str:
     canonical = json.dumps({"action": action, "data": data}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -87,7 +92,15 @@ class Requests:
     # -- the HTTP side ------------------------------------------------------------
 
     @translate_errors
-    def create(self, request_id: str, user_id: str, action: str, data: Any, fingerprint: str) -> dict[str, Any]:
+    def create(
+        self,
+        request_id: str,
+        user_id: str,
+        action: str,
+        data: Any,
+        fingerprint: str,
+        correlation_id: str | None = None,
+    ) -> dict[str, Any]:
         """Store a queued request, marked unpublished until `published` is called."""
         created_at = now()
         try:
@@ -104,6 +117,8 @@ class Requests:
             "created_at": created_at,
             "fingerprint": fingerprint,
         }
+        if correlation_id is not None:
+            record["correlation_id"] = correlation_id  # the worker logs it with the outcome
         try:
             self._requests.insert_one(record)
         except DuplicateKeyError:

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from lanes.errors import ConfigError
 
@@ -61,6 +61,15 @@ class Settings:
     # function's process dies between storing a request and publishing it.
     fault_crash_after_store: float = 0.0
 
+    # Metrics (lanes.exposition). PROMETHEUS_MULTIPROC_DIR is the multiprocess
+    # directory of this function's processes; METRICS_ROOT, where functions share
+    # a host, holds one such directory per function and lets /metrics show them all.
+    prometheus_multiproc_dir: str = ""
+    metrics_root: str = ""
+    metrics_port: int = 0
+    metrics_cache_seconds: float = 5.0
+    rabbitmq_management_url: str = ""
+
     # argon2id cost: OWASP's recommended minimum (19 MiB, 2 passes, 1 lane).
     argon2_memory_kib: int = 19456
     argon2_rounds: int = 2
@@ -100,6 +109,8 @@ class Settings:
                 raise ConfigError(f"{name.upper()} must be positive")
         if not 0.0 <= self.fault_crash_after_store <= 1.0:
             raise ConfigError("FAULT_CRASH_AFTER_STORE must be a probability")
+        if not 0 <= self.metrics_port <= 65535 or self.metrics_cache_seconds < 0:
+            raise ConfigError("METRICS_PORT must be a port (0 = off) and METRICS_CACHE_SECONDS not negative")
         if self.sleep_max_ms < 0 or self.retry_backoff_seconds < 0 or self.trusted_proxy_hops < 0:
             raise ConfigError("SLEEP_MAX_MS, RETRY_BACKOFF_SECONDS and TRUSTED_PROXY_HOPS must not be negative")
         if self.jwt_secret:
@@ -122,6 +133,23 @@ class Settings:
         """The database named in MONGO_URI's path, `lanes` when it names none."""
         name = urlparse(self.mongo_uri).path.lstrip("/")
         return name or "lanes"
+
+    @property
+    def management_url(self) -> str:
+        """RabbitMQ's management API: RABBITMQ_MANAGEMENT_URL, else port 15672 of the AMQP host
+        with the AMQP credentials."""
+        if self.rabbitmq_management_url:
+            return self.rabbitmq_management_url.rstrip("/")
+        amqp = urlparse(self.rabbitmq_url)
+        credentials = f"{amqp.username or 'guest'}:{amqp.password or 'guest'}@"
+        host = amqp.hostname or "127.0.0.1"
+        return f"http://{credentials}{f'[{host}]' if ':' in host else host}:15672"
+
+    @property
+    def rabbitmq_vhost(self) -> str:
+        """The vhost named in RABBITMQ_URL's path, `/` when it names none (as pika reads it)."""
+        path = urlparse(self.rabbitmq_url).path
+        return unquote(path[1:]) if len(path) > 1 else "/"
 
     @property
     def keys_dir(self) -> Path:

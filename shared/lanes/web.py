@@ -11,6 +11,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from lanes import correlation
 from lanes.errors import (
     AuthError,
     BrokerError,
@@ -21,6 +22,7 @@ from lanes.errors import (
     UnsupportedMediaType,
     ValidationError,
 )
+from lanes.httpmetrics import instrument
 from lanes.settings import Settings
 from lanes.tokens import Claims
 from lanes.users import Sessions, User
@@ -54,7 +56,10 @@ def create_base_app(name: str, settings: Settings) -> Flask:
     app.extensions["lanes.settings"] = settings
     _register_error_handlers(app, settings)
     app.before_request(_start_timer)
+    app.before_request(correlation.take)
     app.after_request(_log_request)
+    app.after_request(correlation.echo)
+    instrument(app, name, settings)
     return app
 
 
@@ -104,6 +109,10 @@ def _log_request(response: Response) -> Response:
             extra["user_id"] = g.user_id
         if "request_id" in g:
             extra["request_id"] = g.request_id
+        if "correlation_id" in g:
+            extra["correlation_id"] = g.correlation_id
+        if "action" in g:
+            extra["action"] = g.action
         log.info("http request", extra=extra)
     return response
 

@@ -25,6 +25,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
+from lanes import metrics
 from lanes.actions import ActionContext, ActionFailed, Registry, build_registry
 from lanes.broker import (
     NOT_FOUND,
@@ -62,6 +63,7 @@ class WorkerState:
     def slot_busy(self, delta: int) -> None:
         with self.lock:
             self.busy += delta
+        metrics.slot_busy(delta)
 
 
 class AbandonRequest(Exception):
@@ -227,8 +229,11 @@ class Slot:
         requests = self.state.requests
         record = requests.get(request_id)
         if record is None or record["status"] in TERMINAL:
+            if record is not None and record["status"] == "cancelled":
+                metrics.request_settled(record, "cancelled")  # its turn came; the lane moves past it
             return  # never accepted, cancelled, or a redelivered copy of a finished request
         if record["status"] == "processing":  # redelivered: the last holder died mid-request
+            metrics.request_redelivered(record)
             earlier = requests.recorded_outcome(request_id)
             if earlier is not None:  # the last holder died between recording and applying
                 requests.apply_outcome(earlier)
@@ -239,23 +244,30 @@ class Slot:
         claimed = requests.claim(request_id)
         if claimed is None:
             requests.finish(request_id, Outcome(status="cancelled"), attempts=record.get("attempts", 0))
+            metrics.request_settled(record, "cancelled")
             return
+        metrics.request_started(claimed)
         self._attempt_until_settled(claimed)
 
     def _attempt_until_settled(self, record: dict[str, Any]) -> None:
         settings, requests = self.state.settings, self.state.requests
         while True:
             attempt = record["attempts"]
+            started = time.monotonic()
             ok, value = self._execute(record, attempt)
+            duration = time.monotonic() - started
+            metrics.attempt_finished(record, ok, duration)
             if ok:
                 self._ensure_connected()
                 requests.finish(record["_id"], Outcome(status="done", result=value), attempts=attempt)
-                log.info("request done", extra=_fields(record, "done", attempt))
+                metrics.request_settled(record, "done")
+                log.info("request done", extra=_fields(record, "done", attempt, duration))
                 return
             if attempt >= settings.max_attempts:
                 self._give_up(record, str(value))
                 return
-            log.info("request retrying", extra=_fields(record, "retrying", attempt))
+            metrics.request_retried(record)
+            log.info("request retrying", extra=_fields(record, "retrying", attempt, duration))
             # The lane waits for its head to settle, as an SQS FIFO group does.
             self._pump_for(settings.retry_backoff_seconds * 2 ** (attempt - 1))
             if self.state.stop.is_set():
@@ -263,6 +275,7 @@ class Slot:
             claimed = requests.claim(record["_id"])
             if claimed is None:
                 requests.finish(record["_id"], Outcome(status="cancelled"), attempts=attempt)
+                metrics.request_settled(record, "cancelled")
                 return
             record = claimed
 
@@ -271,6 +284,8 @@ class Slot:
         attempts = record.get("attempts", 0)
         self.state.requests.finish(record["_id"], Outcome(status="failed", error=error), attempts=attempts)
         self.state.requests.record_dead_letter(record, error)
+        metrics.request_settled(record, "failed")
+        metrics.request_dead_lettered(record)
         log.info("request failed", extra=_fields(record, "failed", attempts))
 
     def _execute(self, record: dict[str, Any], attempt: int) -> tuple[bool, Any]:
@@ -324,14 +339,18 @@ def _settle(future: Future[Any]) -> tuple[bool, Any]:
     return True, value
 
 
-def _fields(record: dict[str, Any], status: str, attempt: int) -> dict[str, Any]:
-    return {
+def _fields(record: dict[str, Any], status: str, attempt: int, duration: float | None = None) -> dict[str, Any]:
+    fields = {
         "request_id": record["_id"],
         "user_id": record["user_id"],
         "action": record["action"],
         "status": status,
         "attempt": attempt,
+        "correlation_id": record.get("correlation_id"),
     }
+    if duration is not None:
+        fields["duration_ms"] = round(duration * 1000, 2)
+    return fields
 
 
 class Sweeper:

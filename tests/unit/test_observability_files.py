@@ -1,0 +1,129 @@
+"""observability/: the Prometheus files pass promtool, the alerts pass their unit tests, the
+dashboards are well-formed, and every metric they use is documented and defined."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploy import dashboards
+from deploy.prometheus import OBSERVABILITY, PROMTOOL
+from deploy.template import ROOT
+
+PROMETHEUS_DIR = OBSERVABILITY / "prometheus"
+METRIC = re.compile(r"\blanes_[a-z_]+\b")
+# Suffixes Prometheus adds to a histogram's, a counter's or a gauge histogram's name.
+SUFFIXES = ("_bucket", "_count", "_sum", "_gcount", "_gsum", "_total")
+
+
+def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PROMTOOL, *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+def test_the_local_scrape_config_is_valid() -> None:
+    result = promtool("check", "config", PROMETHEUS_DIR / "prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_kubernetes_scrape_config_is_valid_apart_from_its_discovery(tmp_path: Path) -> None:
+    # Debian's Prometheus is built without Kubernetes discovery, so promtool checks
+    # everything else (relabelling, paths, rule files) with the discovery swapped out.
+    config = yaml.safe_load((PROMETHEUS_DIR / "kubernetes.yml").read_text())
+    for job in config["scrape_configs"]:
+        assert job.pop("kubernetes_sd_configs")[0]["role"] == "pod"
+        job["static_configs"] = [{"targets": ["pod:8080"]}]
+    config["rule_files"] = [str(PROMETHEUS_DIR / name) for name in config["rule_files"]]
+    checked = tmp_path / "kubernetes.yml"
+    checked.write_text(yaml.safe_dump(config))
+    result = promtool("check", "config", checked)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_alert_rules_are_valid() -> None:
+    result = promtool("check", "rules", PROMETHEUS_DIR / "alerts.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_alert_rules_pass_their_unit_tests() -> None:
+    result = promtool("test", "rules", PROMETHEUS_DIR / "alerts_test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_has_a_unit_test_that_sees_it_fire() -> None:
+    rules = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())
+    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
+    tests = yaml.safe_load((PROMETHEUS_DIR / "alerts_test.yml").read_text())["tests"]
+    fired = {case["alertname"] for test in tests for case in test["alert_rule_test"] if case["exp_alerts"]}
+    assert alerts == fired
+
+
+@pytest.mark.parametrize("name", dashboards.names())
+def test_dashboard_is_well_formed(name: str) -> None:
+    board = dashboards.load(name)
+    assert board["uid"] == f"lanes-{name}" and board["title"].startswith("Lanes")
+    assert any(v["type"] == "datasource" for v in board["templating"]["list"])
+    ids = [panel["id"] for panel in board["panels"]]
+    assert len(ids) == len(set(ids))
+    cells: set[tuple[int, int]] = set()
+    for panel in board["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+        area = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])}
+        assert not cells & area, f"{panel['title']} overlaps another panel"
+        cells |= area
+        assert panel["datasource"]["uid"] == "${datasource}"
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["expr"].strip() and target["datasource"]["uid"] == "${datasource}"
+
+
+def test_the_dashboards_are_the_ones_the_provisioning_loads() -> None:
+    provider = yaml.safe_load((OBSERVABILITY / "grafana/provisioning/dashboards/lanes.yml").read_text())
+    assert provider["providers"][0]["type"] == "file"
+    datasource = yaml.safe_load((OBSERVABILITY / "grafana/provisioning/datasources/lanes.yml").read_text())
+    assert datasource["datasources"][0]["type"] == "prometheus"
+    assert dashboards.names() == ["functions", "lanes", "overview"]
+    uids = [dashboards.load(name)["uid"] for name in dashboards.names()]
+    assert len(set(uids)) == len(uids)
+
+
+def used_metrics() -> set[str]:
+    texts = [(PROMETHEUS_DIR / "alerts.yml").read_text()]
+    texts += [json.dumps([q.expr for q in dashboards.panel_queries(name)]) for name in dashboards.names()]
+    return {base_name(name) for text in texts for name in METRIC.findall(text)}
+
+
+def base_name(name: str) -> str:
+    for suffix in SUFFIXES:
+        if name.endswith(suffix) and not name.endswith("_seconds_total"):
+            return name[: -len(suffix)]
+    return name
+
+
+def test_every_metric_the_dashboards_and_alerts_use_is_documented_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    metrics_section = readme[readme.index("## Metrics") :]
+    documented = {base_name(name) for name in METRIC.findall(metrics_section)}
+    assert used_metrics() - documented == set()
+
+
+def test_every_documented_metric_is_defined_in_the_code() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Metrics") :]
+    table_names = {base_name(name) for name in re.findall(r"^\| `(lanes_[a-z_]+)`", section, re.M)}
+    code = "\n".join(path.read_text() for path in (ROOT / "shared" / "lanes").glob("*.py"))
+    # prometheus-flask-exporter names its metrics from our prefix, `lanes`.
+    exporter = {
+        "lanes_http_request_duration_seconds",
+        "lanes_http_request",
+        "lanes_http_request_exceptions",
+        "lanes_exporter_info",
+    }
+    assert table_names, "the README's metric table is missing"
+    missing = {name for name in table_names - exporter if f'"{name}"' not in code}
+    assert missing == set()

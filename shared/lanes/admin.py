@@ -15,7 +15,7 @@ from lanes.broker import ChannelPool
 from lanes.db import connect, iso
 from lanes.errors import LanesError
 from lanes.queueing import Enqueuer, LanePublisher
-from lanes.requests import Requests
+from lanes.requests import Requests, request_data
 from lanes.settings import Settings, load_settings
 from lanes.validation import EnqueueBody
 
@@ -32,7 +32,8 @@ def requeue(settings: Settings, request_id: str) -> dict[str, Any]:
     if letter is None:
         raise LanesError(f"no dead letter {request_id}", code="not_found")
     enqueuer = Enqueuer(settings, requests, LanePublisher(settings, ChannelPool(settings, max_idle=1)))
-    accepted = enqueuer.enqueue(letter["user_id"], EnqueueBody(action=letter["action"], data=letter.get("data")), None)
+    body = EnqueueBody(action=letter["action"], data=request_data(letter))
+    accepted = enqueuer.enqueue(letter["user_id"], body, None)
     requests.mark_requeued(request_id, accepted.record["_id"])
     return {"dead_letter": request_id, "requeued_as": accepted.record["_id"], "position": accepted.position}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import queue
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from lanes.errors import BrokerError
 from lanes.settings import Settings
 
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json")
+TRANSIENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Transient)
 
 
 def persistent_since(accepted_at: float) -> pika.BasicProperties:
@@ -30,6 +32,9 @@ def persistent_since(accepted_at: float) -> pika.BasicProperties:
         delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json", timestamp=int(accepted_at)
     )
 
+
+# Half the heartbeat interval: a pooled connection idle longer is replaced, not lent.
+MAX_IDLE_SECONDS = 15.0
 
 # AMQP reply codes that close a channel but leave the connection usable.
 NOT_FOUND, RESOURCE_LOCKED, PRECONDITION_FAILED = 404, 405, 406
@@ -60,6 +65,10 @@ class QueueNames:
 
     def lane(self, user_id: str) -> str:
         return f"{self.prefix}.lane.{user_id}"
+
+    def bell(self, user_id: str) -> str:
+        """A queue of at most one message: 'a wake-up token for this lane is on its way'."""
+        return f"{self.prefix}.bell.{user_id}"
 
     def lock(self, user_id: str) -> str:
         """An exclusive queue whose existence means 'a worker is running this lane'."""
@@ -102,6 +111,17 @@ def lane_arguments(settings: Settings) -> dict[str, Any]:
     return arguments
 
 
+def bell_arguments(settings: Settings) -> dict[str, Any]:
+    """A bell holds one ring; it is a hint (losing it costs a spare token), so it stays a
+    light classic queue whatever QUEUE_TYPE is, and expires with its lane."""
+    return {
+        "x-max-length": 1,
+        "x-overflow": "reject-publish",
+        "x-expires": settings.lane_idle_seconds * 1000,
+        "x-queue-type": "classic",
+    }
+
+
 def declare_ready_queue(channel: BlockingChannel, names: QueueNames) -> None:
     arguments: dict[str, Any] = {"x-queue-type": names.queue_type}
     if names.queue_type == "quorum":
@@ -127,6 +147,7 @@ class ChannelPool:
         self._settings = settings
         self._idle: queue.LifoQueue[pika.BlockingConnection] = queue.LifoQueue(maxsize=max_idle)
         self._channels: dict[int, BlockingChannel] = {}
+        self._returned_at: dict[int, float] = {}
 
     @contextmanager
     def channel(self) -> Iterator[BlockingChannel]:
@@ -167,9 +188,21 @@ class ChannelPool:
                 connection = self._idle.get_nowait()
             except queue.Empty:
                 return open_connection(self._settings)
-            if connection.is_open:
+            idle = time.monotonic() - self._returned_at.pop(id(connection), 0.0)
+            # An idle pooled connection answers no heartbeats, so the broker closes it
+            # after two missed ones: never lend one that may be past that point.
+            if idle < MAX_IDLE_SECONDS and self._alive(connection):
                 return connection
             self._channels.pop(id(connection), None)
+            _close_quietly(connection)
+
+    @staticmethod
+    def _alive(connection: pika.BlockingConnection) -> bool:
+        try:
+            connection.process_data_events(time_limit=0)
+        except (pika.exceptions.AMQPError, OSError):
+            return False
+        return bool(connection.is_open)
 
     def _channel_of(self, connection: pika.BlockingConnection) -> BlockingChannel:
         channel = self._channels.get(id(connection))
@@ -180,10 +213,12 @@ class ChannelPool:
         return channel
 
     def _give_back(self, connection: pika.BlockingConnection) -> None:
+        self._returned_at[id(connection)] = time.monotonic()
         try:
             self._idle.put_nowait(connection)
         except queue.Full:
             self._channels.pop(id(connection), None)
+            self._returned_at.pop(id(connection), None)
             _close_quietly(connection)
 
 

@@ -4,9 +4,8 @@ The order of steps is the durability argument (docs/design.md):
 1. the record is inserted in MongoDB (status `queued`, marked unpublished);
 2. the request's message is published to the lane queue with a publisher confirm,
    so it is on the broker's disk before we go on;
-3. the lane queue's depth is read *after* that publish; when ours is the only
-   ready message, a wake-up token goes to the ready queue (else the message ahead
-   of ours already has one, or a worker is running the lane and will look again);
+3. the lane's bell is rung; the enqueue that finds it empty publishes a wake-up
+   token to the ready queue (a refused ring means a token is already on its way);
 4. the unpublished marker is removed, and the client gets 202.
 """
 
@@ -22,8 +21,10 @@ from pika.adapters.blocking_connection import BlockingChannel
 from lanes.broker import (
     PERSISTENT,
     PRECONDITION_FAILED,
+    TRANSIENT,
     ChannelPool,
     QueueNames,
+    bell_arguments,
     declare_ready_queue,
     encode,
     lane_arguments,
@@ -69,42 +70,58 @@ class LanePublisher:
         with self._pool.channel() as channel:
             # Declaring right before publishing restarts the lane's idle timer, so the
             # broker cannot expire the lane (and our message with it) under us.
-            channel = self._declare_lane(channel, lane)
+            channel, ahead = self._declare_lane(channel, lane)
             try:
                 channel.basic_publish("", lane, message, properties, mandatory=True)
             except pika.exceptions.NackError:
                 raise LaneFull from None
             except pika.exceptions.UnroutableError:
-                channel = self._declare_lane(channel, lane)
+                channel, ahead = self._declare_lane(channel, lane)
                 channel.basic_publish("", lane, message, properties, mandatory=True)
             try:
-                return self._wake(channel, user_id, lane)
+                self._wake(channel, user_id)
             except (pika.exceptions.AMQPError, OSError) as error:
                 # The request is durable already; a lost wake-up is repaired by the
                 # worker's sweeper, so the client still gets its 202.
                 log.warning("waking lane failed: %r", error, extra={"user_id": user_id, "request_id": request_id})
-                return 0
+            return ahead
 
-    def _wake(self, channel: BlockingChannel, user_id: str, lane: str) -> int:
-        ready = int(channel.queue_declare(lane, passive=True).method.message_count)
-        if ready <= 1:
-            if not self._ready_declared:
-                declare_ready_queue(channel, self._names)
-                self._ready_declared = True
-            token = encode({"user_id": user_id})
-            channel.basic_publish("", self._names.ready, token, PERSISTENT, mandatory=True)
-        return max(0, ready - 1)
+    def _wake(self, channel: BlockingChannel, user_id: str) -> None:
+        """Ring the lane's bell; whoever rings an empty bell publishes the wake-up token.
 
-    def _declare_lane(self, channel: BlockingChannel, lane: str) -> BlockingChannel:
+        The bell holds at most one message (RabbitMQ refuses a second), and a worker
+        empties it when it takes a token. So a refused ring means a token is already
+        on its way and will reach a worker that then looks at this lane; a burst of
+        enqueues adds one token, not one per request (docs/design.md §4.4).
+        """
+        bell = self._names.bell(user_id)
         try:
-            channel.queue_declare(lane, durable=True, arguments=lane_arguments(self._settings))
+            channel.basic_publish("", bell, b"", TRANSIENT, mandatory=True)
+        except pika.exceptions.NackError:
+            return
+        except pika.exceptions.UnroutableError:
+            channel.queue_declare(bell, durable=True, arguments=bell_arguments(self._settings))
+            try:
+                channel.basic_publish("", bell, b"", TRANSIENT, mandatory=True)
+            except pika.exceptions.NackError:
+                return
+        if not self._ready_declared:
+            declare_ready_queue(channel, self._names)
+            self._ready_declared = True
+        token = encode({"user_id": user_id})
+        channel.basic_publish("", self._names.ready, token, PERSISTENT, mandatory=True)
+
+    def _declare_lane(self, channel: BlockingChannel, lane: str) -> tuple[BlockingChannel, int]:
+        """Declare the lane; returns the channel to go on with and the requests waiting in it."""
+        try:
+            declared = channel.queue_declare(lane, durable=True, arguments=lane_arguments(self._settings))
         except pika.exceptions.ChannelClosedByBroker as error:
             if error.reply_code != PRECONDITION_FAILED:
                 raise
             # The lane exists with other arguments (settings changed since): use it as is.
             channel = self._pool.reopen(channel)
-            channel.queue_declare(lane, passive=True)
-        return channel
+            declared = channel.queue_declare(lane, passive=True)
+        return channel, int(declared.method.message_count)
 
 
 class Enqueuer:

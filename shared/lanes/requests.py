@@ -65,13 +65,27 @@ class Outcome:
     error: str | None = None
 
 
+def store_value(value: Any) -> str:
+    """A client's JSON value as stored: text, because document databases refuse some
+    keys (FerretDB any with '.', MongoDB some with '$') that JSON allows."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def stored_value(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def request_data(record: dict[str, Any]) -> Any:
+    return stored_value(record.get("data_json"))
+
+
 def public_view(record: dict[str, Any]) -> dict[str, Any]:
     """The API's shape of a request record."""
     return {
         "request_id": record["_id"],
         "action": record["action"],
         "status": record["status"],
-        "result": record.get("result"),
+        "result": stored_value(record.get("result_json")),
         "error": record.get("error"),
         "attempts": record.get("attempts", 0),
         "created_at": iso(record.get("created_at")),
@@ -111,7 +125,7 @@ class Requests:
             "_id": request_id,
             "user_id": user_id,
             "action": action,
-            "data": data,
+            "data_json": store_value(data),
             "status": "queued",
             "attempts": 0,
             "created_at": created_at,
@@ -234,7 +248,7 @@ class Requests:
         document = {
             "_id": request_id,
             "status": outcome.status,
-            "result": outcome.result,
+            "result_json": store_value(outcome.result),
             "error": outcome.error,
             "attempts": attempts,
             "finished_at": now(),
@@ -247,7 +261,7 @@ class Requests:
 
     @translate_errors
     def apply_outcome(self, outcome: dict[str, Any]) -> dict[str, Any]:
-        fields = {k: outcome[k] for k in ("status", "result", "error", "attempts", "finished_at")}
+        fields = {k: outcome[k] for k in ("status", "result_json", "error", "attempts", "finished_at")}
         updated = self._requests.find_one_and_update(
             {"_id": outcome["_id"]}, {"$set": fields}, return_document=ReturnDocument.AFTER
         )
@@ -275,7 +289,7 @@ class Requests:
             "_id": record["_id"],
             "user_id": record["user_id"],
             "action": record["action"],
-            "data": record.get("data"),
+            "data_json": record.get("data_json"),
             "error": error,
             "attempts": record.get("attempts", 0),
             "failed_at": now(),

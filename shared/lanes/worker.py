@@ -42,7 +42,7 @@ from lanes.broker import (
 from lanes.db import connect, ensure_indexes, now
 from lanes.errors import BrokerError, DatabaseError
 from lanes.queueing import LaneFull, LanePublisher
-from lanes.requests import TERMINAL, Outcome, Requests
+from lanes.requests import TERMINAL, Outcome, Requests, request_data
 from lanes.settings import Settings
 
 log = logging.getLogger("lanes.worker")
@@ -145,6 +145,7 @@ class Slot:
         except (ValueError, KeyError):
             log.warning("slot %d: dropping malformed token %r", self.index, token_body[:100])
             return
+        self._silence_bell(user_id)
         if not self._lock(user_id):
             return  # another slot runs this lane and looks at it again when it unlocks
         self.state.slot_busy(+1)
@@ -153,6 +154,15 @@ class Slot:
         finally:
             self.state.slot_busy(-1)
             self._unlock_and_requeue(user_id)
+
+    def _silence_bell(self, user_id: str) -> None:
+        """Empty the lane's bell: from now on the next enqueue rings it and sends a token."""
+        try:
+            self._channel().queue_purge(self.state.names.bell(user_id))
+        except pika.exceptions.ChannelClosedByBroker as error:
+            self._lane_channel = None
+            if error.reply_code != NOT_FOUND:
+                raise
 
     def _lock(self, user_id: str) -> bool:
         try:
@@ -296,7 +306,7 @@ class Slot:
         context = ActionContext(
             request_id=record["_id"], user_id=record["user_id"], attempt=attempt, settings=self.state.settings
         )
-        future = self._executor.submit(handler, record.get("data"), context)
+        future = self._executor.submit(handler, request_data(record), context)
         deadline = time.monotonic() + self.state.settings.request_timeout_seconds
         while not future.done():
             if time.monotonic() > deadline:

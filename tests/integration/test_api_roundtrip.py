@@ -124,3 +124,12 @@ def test_probes_answer(api: Api) -> None:
     assert api.call("GET", "/readyz").json() == {"status": "ready"}
     missing = api.call("GET", "/no/such/route")
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+
+
+def test_any_json_data_comes_back_unchanged(api: Api, workers: Workers) -> None:
+    # Keys with '.' or '$' are valid JSON that document databases refuse as field names.
+    workers.start(1)
+    user = api.new_user("json")
+    data = {"a.b": 1, "$where": "x", "": {"x.y": [1, 2.5, None, True]}, "ü": "\u2603", "big": 2**60}
+    (record,) = user.wait_terminal([user.enqueue("echo", data)], timeout=30)
+    assert record["status"] == "done" and record["result"] == data

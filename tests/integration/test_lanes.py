@@ -75,3 +75,20 @@ def test_busy_lanes_take_turns_with_a_newcomer(api: Api, workers: Workers) -> No
     finished_before = sum(r["finished_at"] < last_newcomer for r in heavy_records)
     assert finished_before < 40, f"newcomers waited behind {finished_before} of the heavy user's requests"
     assert ordering_violations(heavy_records) == []
+
+
+def test_concurrent_enqueues_into_an_idle_lane_all_wake_it(api: Api, workers: Workers) -> None:
+    # Given a running worker and an idle lane
+    workers.start(1)
+    user = api.new_user("burst")
+    user.wait_terminal([user.enqueue("echo")], timeout=30)
+
+    # When eight enqueues for the same user arrive at once, several times over
+    for _ in range(3):
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            ids = list(pool.map(lambda n: user.enqueue("echo", {"n": n}), range(8)))
+        # Then the lane is woken at once: done long before the sweeper would notice
+        started = time.monotonic()
+        records = user.wait_terminal(ids, timeout=20)
+        assert time.monotonic() - started < 10
+        assert all(r["status"] == "done" for r in records)

@@ -37,3 +37,28 @@ def on_starting(server: Any) -> None:
 def child_exit(server: Any, worker: Any) -> None:
     """Master, whenever a worker exits (crash, timeout, restart): drop its live gauges."""
     multiproc.mark_dead(worker.pid, Path(os.environ[multiproc.ENV]))
+
+
+def settings(function: str, worker_class: str) -> dict[str, Any]:
+    """Every gunicorn setting of a function; its gunicorn.conf.py only names the function
+    and its default worker class. Environment variables override, as the README lists."""
+    use_metrics_dir(function)
+    loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+    return {
+        "bind": os.environ.get("BIND", "0.0.0.0:8080"),
+        "workers": int(os.environ.get("WEB_CONCURRENCY", "2")),
+        "worker_class": os.environ.get("WORKER_CLASS", worker_class),
+        "threads": int(os.environ.get("THREADS", "4")),
+        "worker_connections": 200,
+        # Functions finish in-flight requests on SIGTERM within the platform's grace period.
+        "graceful_timeout": 20,
+        "timeout": 30,
+        "keepalive": 5,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": loglevel,
+        # JSON lines from gunicorn itself too; ACCESS_LOG=true adds its access log.
+        "logconfig_dict": logconfig_dict(function, loglevel),
+        "on_starting": on_starting,
+        "child_exit": child_exit,
+    }

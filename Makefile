@@ -3,7 +3,7 @@ PY := .venv/bin/python
 PORT ?= 8080
 WORKERS ?= 2
 
-.PHONY: setup run test unit integration faults lint format services stop clean
+.PHONY: setup run test unit integration faults lint format services stop clean bench bench-quick
 
 setup:  ## install everything a fresh machine needs (idempotent)
 	@scripts/setup.sh
@@ -31,6 +31,12 @@ lint: setup
 format: setup
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
+
+bench: setup  ## Lanes against raw RabbitMQ, a bare enqueue endpoint and Celery; report in bench/results (<= 10 min)
+	$(PY) -m bench
+
+bench-quick: setup  ## the same scenarios on small workloads (<= 2 min)
+	$(PY) -m bench --quick
 
 services: setup  ## start the embedded RabbitMQ and FerretDB and leave them running
 	$(PY) -m deploy.services up

@@ -6,6 +6,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.baselines import Baselines
 from bench.client import User
@@ -100,6 +101,8 @@ class Context:
     lanes: LanesStack | None = None
     baselines: Baselines | None = None
     users: list[User] = field(default_factory=list)
+    profile: bool = False  # sample Lanes' processes with py-spy during the first end-to-end run
+    notes: dict[str, Any] = field(default_factory=dict)  # details that belong to no one scenario
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

@@ -103,6 +103,7 @@ class LanesStack:
     env: dict[str, str]
     db: Any
     workers: Workers
+    runner_pid: int
 
     def records(self, request_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The stored records of these requests, read in one pass over the collection.
@@ -143,7 +144,7 @@ def start_stack(isolation: Isolation, procs: Processes, data_dir: Path, purpose:
     vhost, database = isolation.vhost(purpose), isolation.database(purpose)
     env = lanes_env(vhost, database, data_dir / purpose)
     port = free_port_block(8)
-    procs.start(
+    runner = procs.start(
         f"{purpose}-runner",
         [sys.executable, "-m", "deploy.runner", "--port", str(port), "--workers", "0"],
         env,
@@ -152,7 +153,7 @@ def start_stack(isolation: Isolation, procs: Processes, data_dir: Path, purpose:
     base_url = f"http://127.0.0.1:{port}"
     wait_http_ready(f"{base_url}/readyz", timeout=90)
     workers = Workers(worker_env(env), procs, vhost, name=f"{purpose}-worker")
-    return LanesStack(base_url, vhost, database, env, isolation.db(database), workers)
+    return LanesStack(base_url, vhost, database, env, isolation.db(database), workers, runner.pid)
 
 
 def wait_http_ready(url: str, timeout: float) -> None:

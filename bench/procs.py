@@ -64,10 +64,11 @@ class Processes:
     def alive(self, process: subprocess.Popen[bytes]) -> bool:
         return process.poll() is None
 
-    def stop(self, process: subprocess.Popen[bytes], grace: float = 30.0) -> None:
-        """SIGTERM, wait up to `grace` seconds, then SIGKILL its process group; forget it."""
+    def stop(self, process: subprocess.Popen[bytes], grace: float = 30.0, signum: int = signal.SIGTERM) -> None:
+        """`signum` (SIGTERM), wait up to `grace` seconds, then SIGKILL its process group; forget it."""
+        began = time.monotonic()
         if process.poll() is None:
-            _signal(process.pid, signal.SIGTERM)
+            _signal(process.pid, signum)
             try:
                 process.wait(timeout=grace)
             except subprocess.TimeoutExpired:
@@ -75,7 +76,11 @@ class Processes:
                 process.wait()
         # A leader that exited may leave children behind (it should not); end them too.
         _end_group(process.pid)
+        name = next((n for n, p in self._running if p is process), "?")
         self._running = [(n, p) for n, p in self._running if p is not process]
+        if (took := time.monotonic() - began) > 3:
+            with (self.log_dir / "bench.log").open("a") as log:
+                log.write(f"stopping {name} (pid {process.pid}) took {took:.1f} s\n")
 
     def stop_all(self, grace: float = 30.0) -> None:
         """Stop every child still tracked, newest first; their SIGTERMs go out together."""

@@ -113,7 +113,7 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
-def markdown(r: dict[str, Any]) -> str:
+def markdown(r: dict[str, Any], plots: list[str] | None = None) -> str:
     meta, d = r["meta"], r.get("details", {})
     m = meta["machine"]
     rows = [
@@ -211,13 +211,72 @@ def markdown(r: dict[str, Any]) -> str:
         met = "-" if target.met is None else ("yes" if target.met else "**no**")
         lines.append(f"| {target.name} | {target.measured} | {target.wanted} | {met} |")
     if r.get("errors"):
-        lines += ["", "Phases that failed: " + "; ".join(f"{k}: {v}" for k, v in r["errors"].items())]
+        lines += ["", "Phases that failed or were skipped: " + "; ".join(f"{k}: {v}" for k, v in r["errors"].items())]
+    lines += _cpu_table(r)
+    lines += _profile_tables(d.get("profiles") or {})
     lines += [
         "",
         "Plots: `throughput.png`, `scale.png`, `latency.png`. Every figure, with its details: `latest.json`.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _cpu_runs(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    d = r.get("details", {})
+    runs = []
+    workloads = d.get("e2e", {}).get("workloads", {})
+    if workloads:
+        name, pair = next(iter(workloads.items()))
+        runs += [(f"Lanes e2e {name}", pair["lanes"].get("cpu")), (f"Celery e2e {name}", pair["celery"].get("cpu"))]
+    enqueue = d.get("enqueue", {})
+    runs += [("Lanes /enqueue peak", enqueue.get("lanes_peak", {}).get("cpu"))]
+    runs += [("bare peak", enqueue.get("bare_peak", {}).get("cpu"))]
+    for count, detail in (d.get("scale") or {}).items():
+        runs.append((f"workers, {int(count):,} lanes", detail.get("cpu")))
+    return [(label, cpu) for label, cpu in runs if cpu and cpu.get("cpu_ms_per_request")]
+
+
+def _cpu_table(r: dict[str, Any]) -> list[str]:
+    """CPU milliseconds per request by process group: on 2 cores, the sum bounds throughput."""
+    runs = _cpu_runs(r)
+    if not runs:
+        return []
+    groups: list[str] = []
+    for _label, cpu in runs:
+        groups += [g for g in cpu["cpu_ms_per_request"] if g not in groups]
+    lines = [
+        "",
+        "CPU per request, in milliseconds, by process (from /proc; RabbitMQ and FerretDB are shared with",
+        "anything else running on the machine, and `other` is everything else, for the whole run):",
+        "",
+        "| process | " + " | ".join(label for label, _ in runs) + " |",
+        "|---|" + "---:|" * len(runs),
+    ]
+    for group in groups:
+        cells = [_fmt(cpu["cpu_ms_per_request"].get(group)) for _label, cpu in runs]
+        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    totals = [_fmt(round(sum(cpu["cpu_ms_per_request"].values()), 1)) for _label, cpu in runs]
+    lines.append("| **sum** | " + " | ".join(totals) + " |")
+    others = [_fmt(cpu["cpu_seconds"].get("other")) for _label, cpu in runs]
+    lines.append("| other, CPU seconds in the run | " + " | ".join(others) + " |")
+    return lines
+
+
+def _profile_tables(profiles: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, summary in profiles.items():
+        if not isinstance(summary, dict):
+            continue
+        lines += [
+            "",
+            f"Profile of the {name} process during {profiles.get('during')} ({summary['samples']} samples):",
+            "",
+        ]
+        lines += ["| where | share |", "|---|---:|"]
+        lines += [f"| {k} | {v} % |" for k, v in summary["by_library_pct"].items()]
+        lines += [f"| `{k}` (inclusive) | {v} % |" for k, v in summary["lanes_functions_inclusive_pct"].items()]
+    return lines
 
 
 def plots(r: dict[str, Any], out: Path) -> list[str]:
@@ -317,5 +376,6 @@ def write(r: dict[str, Any], out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     r["targets"] = [t.__dict__ for t in targets(r)]
     (out / "latest.json").write_text(json.dumps(r, indent=2, default=str) + "\n")
-    (out / "latest.md").write_text(markdown(r))
-    return ["latest.json", "latest.md", *plots(r, out)]
+    drawn = plots(r, out)
+    (out / "latest.md").write_text(markdown(r, drawn))
+    return ["latest.json", "latest.md", *drawn]

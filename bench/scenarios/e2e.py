@@ -22,6 +22,7 @@ from bench.context import Context
 from bench.infra import published, wait_vhost_idle
 from bench.lanes_stack import TERMINAL, epoch, wait_terminal
 from bench.load import Submitted, submit_in_order
+from bench.profiling import Profiler, gunicorn_worker
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,18 @@ def run_lanes(ctx: Context, users: list[User], per_user: int, name: str) -> dict
             for i, r in records.items()
         }
 
+    profiler = Profiler(ctx.procs, ctx.run_dir) if ctx.profile and "profiles" not in ctx.notes else None
+
+    def start() -> None:
+        stack.workers.start(ctx.sizes.workers)
+        if profiler is not None:
+            enqueue_pid = gunicorn_worker(stack.runner_pid, "enqueue")
+            if enqueue_pid is not None:
+                profiler.start("enqueue", enqueue_pid, ctx.sizes.e2e_submit_seconds)
+            profiler.start("worker", stack.workers.running[0].pid, ctx.sizes.e2e_submit_seconds + 90)
+
     workers = f"{ctx.sizes.workers} worker processes x {stack.workers.slots} slots"
-    return _run(
+    result = _run(
         ctx,
         f"lanes {name}",
         stack.base_url,
@@ -88,10 +99,13 @@ def run_lanes(ctx: Context, users: list[User], per_user: int, name: str) -> dict
         per_user,
         send,
         timings,
-        start=lambda: stack.workers.start(ctx.sizes.workers),
+        start=start,
         stop=stack.workers.stop,
         workers=workers,
     )
+    if profiler is not None:
+        ctx.notes["profiles"] = {"during": f"lanes {name}", **profiler.finish()}
+    return result
 
 
 def run_celery(ctx: Context, users: list[User], per_user: int, name: str) -> dict[str, Any]:

@@ -25,13 +25,22 @@ class Http:
 
     def __init__(self, base_url: str, timeout: float = 30.0) -> None:
         parts = urlsplit(base_url)
+        self.unavailable = 0
         self._connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
 
-    def post(self, path: str, body: Any, token: str | None = None) -> tuple[int, Any]:
+    def post(self, path: str, body: Any, token: str | None = None, retry_unavailable: int = 0) -> tuple[int, Any]:
+        """POST JSON; a 503 (not accepted) is sent again at once, up to `retry_unavailable` times,
+        as a client would; `self.unavailable` counts the 503s seen."""
         headers = {"Content-Type": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        return self._call("POST", path, json.dumps(body).encode(), headers)
+        payload = json.dumps(body).encode()
+        for _ in range(retry_unavailable):
+            status, answer = self._call("POST", path, payload, headers)
+            if status != 503:
+                return status, answer
+            self.unavailable += 1
+        return self._call("POST", path, payload, headers)
 
     def get(self, path: str, token: str | None = None) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -70,6 +79,9 @@ class PerThread:
             with self._lock:
                 self._all.append(client)
         return client
+
+    def unavailable(self) -> int:
+        return sum(client.unavailable for client in self._all)
 
     def close(self) -> None:
         for client in self._all:

@@ -194,6 +194,7 @@ class Submitted:
     last_accept: float
     statuses: Counter[int]
     latencies_ms: list[float]
+    unavailable: int = 0  # 503 answers sent again (and then accepted or not)
 
     @property
     def accepted(self) -> int:
@@ -203,6 +204,7 @@ class Submitted:
         return {
             "accepted": self.accepted,
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "retried_503": self.unavailable,
             "submit_seconds": round(self.last_accept - self.first_send, 2),
             "accept_p50_ms": round(statistics.median(self.latencies_ms), 1) if self.latencies_ms else None,
             "accept_p99_ms": round(percentile(self.latencies_ms, 99), 1) if self.latencies_ms else None,
@@ -255,4 +257,4 @@ def submit_in_order(
     with ThreadPoolExecutor(len(shares)) as pool:
         last_accept = max(pool.map(client, shares), default=first_send)
     clients.close()
-    return Submitted(ids, first_send, last_accept, statuses, latencies)
+    return Submitted(ids, first_send, last_accept, statuses, latencies, clients.unavailable())

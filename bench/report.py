@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.infra import management_api
 from deploy.template import ROOT
-from tests.support import management_api
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ def run(ctx: Context) -> dict[str, Any]:
         for index in range(ctx.sizes.cold_samples):
             user = ctx.users[-(index + 1)]
             sent = time.time()
-            status, body = http.post("/enqueue", {"action": "echo", "data": {"cold": index}}, user.token)
+            status, body = http.post("/enqueue", {"action": "echo", "data": {"cold": index}}, user.token, 20)
             if status != 202:
                 raise RuntimeError(f"enqueue answered {status}: {body}")
             started = time.time()
@@ -52,6 +52,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "details": {
             "method": "one worker process started after the request was accepted -> result stored",
             "samples": samples,
+            "retried_503": http.unavailable,
         },
     }
 

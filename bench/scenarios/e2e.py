@@ -24,6 +24,9 @@ from bench.lanes_stack import TERMINAL, epoch, wait_terminal
 from bench.load import Submitted, submit_in_order
 from bench.profiling import Profiler, gunicorn_worker
 
+# A 503 means "not accepted, try again"; clients here retry at once, and the count is reported.
+RETRIES = 20
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -64,7 +67,7 @@ def run_lanes(ctx: Context, users: list[User], per_user: int, name: str) -> dict
     tokens = {u.id: u.token for u in users}
 
     def send(http: Http, user_id: str, seq: int) -> tuple[int, str | None]:
-        status, body = http.post("/enqueue", {"action": "echo", "data": {"seq": seq}}, tokens[user_id])
+        status, body = http.post("/enqueue", {"action": "echo", "data": {"seq": seq}}, tokens[user_id], RETRIES)
         return status, body["request_id"] if status == 202 else None
 
     def timings(ids: list[str]) -> dict[str, Timing]:
@@ -113,7 +116,7 @@ def run_celery(ctx: Context, users: list[User], per_user: int, name: str) -> dic
     baselines = ctx.baselines
 
     def send(http: Http, user_id: str, seq: int) -> tuple[int, str | None]:
-        status, body = http.post("/celery", {"user": user_id, "seq": seq, "data": {"seq": seq}})
+        status, body = http.post("/celery", {"user": user_id, "seq": seq, "data": {"seq": seq}}, None, RETRIES)
         return status, body["task_id"] if status == 202 else None
 
     workers = f"1 Celery worker, prefork pool of {ctx.sizes.workers} processes"

@@ -12,8 +12,8 @@ from typing import Any
 from bench import cpu
 from bench.client import Http
 from bench.context import Context
+from bench.infra import management_api
 from bench.load import paced, wrk_post
-from tests.support import management_api
 
 BODY = {"action": "echo", "data": {"n": 1}}
 

@@ -46,31 +46,38 @@ def run(ctx: Context) -> dict[str, Any]:
 
 def one_count(ctx: Context, count: int) -> dict[str, Any]:
     vhost, database = ctx.isolation.vhost(f"scale{count}"), ctx.isolation.database(f"scale{count}")
+    try:
+        return _measure(ctx, count, vhost, database)
+    finally:
+        began = time.monotonic()
+        ctx.isolation.drop_vhost(vhost)
+        ctx.isolation.drop_database(database)
+        ctx.say("scale", f"{count} lanes: vhost and database deleted in {time.monotonic() - began:.1f} s")
+
+
+def _measure(ctx: Context, count: int, vhost: str, database: str) -> dict[str, Any]:
     env = lanes_env(vhost, database, ctx.run_dir / "data" / f"scale{count}")
     settings = Settings.from_env(env)
     per_lane = max(1, ctx.sizes.scale_requests // count)
+    node_before = node_memory_mb()
+    fill_for = min(ctx.sizes.scale_fill_seconds, ctx.time_left() - 15)
+    filled, fill_seconds = _fill(settings, count, per_lane, fill_for)
+    ctx.say("scale", f"{count} lanes: {filled} requests queued in {fill_seconds:.1f} s (no worker running)")
+    # Queue memory comes from the management API: wait until its figures show the fill.
+    wait_vhost_holds(vhost, filled, timeout=STATS_INTERVAL * 3)
+    lane_queues = [q for q in queues(vhost) if ".lane." in q["name"]]
+    memory_mb = sum(q.get("memory", 0) for q in lane_queues) / 2**20
+    node_after = node_memory_mb()
+    workers = Workers(worker_env(env), ctx.procs, vhost, name=f"scale{count}-worker")
+    workers.start(ctx.sizes.workers)
     try:
-        node_before = node_memory_mb()
-        filled, fill_seconds = _fill(settings, count, per_lane, min(ctx.sizes.scale_fill_seconds, ctx.time_left() - 15))
-        ctx.say("scale", f"{count} lanes: {filled} requests queued in {fill_seconds:.1f} s (no worker running)")
-        # Queue memory comes from the management API: wait until its figures show the fill.
-        wait_vhost_holds(vhost, filled, timeout=STATS_INTERVAL * 3)
-        lane_queues = [q for q in queues(vhost) if ".lane." in q["name"]]
-        memory_mb = sum(q.get("memory", 0) for q in lane_queues) / 2**20
-        node_after = node_memory_mb()
-        workers = Workers(worker_env(env), ctx.procs, vhost, name=f"scale{count}-worker")
-        workers.start(ctx.sizes.workers)
-        try:
-            before = cpu.snapshot()
-            window = max(3.0, min(ctx.sizes.scale_drain_seconds, ctx.time_left() - 10))
-            wait_vhost_idle(vhost, published(vhost), timeout=window)
-            used = cpu.snapshot()
-        finally:
-            workers.stop()
-        records = list(ctx.isolation.db(database).requests.find({}, {"status": 1, "started_at": 1, "finished_at": 1}))
+        before = cpu.snapshot()
+        window = max(3.0, min(ctx.sizes.scale_drain_seconds, ctx.time_left() - 10))
+        wait_vhost_idle(vhost, published(vhost), timeout=window)
+        used = cpu.snapshot()
     finally:
-        ctx.isolation.drop_vhost(vhost)
-        ctx.isolation.drop_database(database)
+        workers.stop()
+    records = list(ctx.isolation.db(database).requests.find({}, {"status": 1, "started_at": 1, "finished_at": 1}))
     finished = [f for r in records if r["status"] in TERMINAL and (f := epoch(r.get("finished_at")))]
     started = [s for r in records if (s := epoch(r.get("started_at")))]
     span = max(finished) - min(started) if finished and started else 0.0

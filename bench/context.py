@@ -50,7 +50,7 @@ class Sizes:
 
 FULL = Sizes(
     mode="full",
-    budget=600,
+    budget=585,
     workers=2,
     broker_messages=20000,
     broker_seconds=3,
@@ -58,14 +58,14 @@ FULL = Sizes(
     load_connections=32,
     enqueue_users=200,
     e2e=((1000, 5), (100, 50)),
-    e2e_submit_seconds=100,
+    e2e_submit_seconds=55,
     submit_threads=32,
     heavy_requests=2000,
     newcomers=200,
     cold_samples=3,
     scale_counts=(100, 1000, 10000),
     scale_requests=1000,
-    scale_fill_seconds=100,
+    scale_fill_seconds=95,
     scale_drain_seconds=15,
 )
 

@@ -86,12 +86,13 @@ class Workers:
         if wait and not wait_consumers(self.vhost, READY_QUEUE, self.slots * len(self.running), timeout=60):
             raise RuntimeError("the workers did not start consuming within 60 s; see the worker logs")
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 20.0) -> None:
+        """SIGTERM every worker (each finishes its current requests), SIGKILL after `grace`."""
         for process in self.running:
             if self.procs.alive(process):
                 process.terminate()
         for process in self.running:
-            self.procs.stop(process, grace=40)
+            self.procs.stop(process, grace=grace)
         self.running.clear()
 
 

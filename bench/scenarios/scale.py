@@ -60,7 +60,8 @@ def _measure(ctx: Context, count: int, vhost: str, database: str) -> dict[str, A
     settings = Settings.from_env(env)
     per_lane = max(1, ctx.sizes.scale_requests // count)
     node_before = node_memory_mb()
-    fill_for = min(ctx.sizes.scale_fill_seconds, ctx.time_left() - 15)
+    # Leave time for the stats, the workers' window and deleting the lanes (~250 a second).
+    fill_for = min(ctx.sizes.scale_fill_seconds, ctx.time_left() - 20 - ctx.sizes.scale_drain_seconds - count / 250)
     filled, fill_seconds = _fill(settings, count, per_lane, fill_for)
     ctx.say("scale", f"{count} lanes: {filled} requests queued in {fill_seconds:.1f} s (no worker running)")
     # Queue memory comes from the management API: wait until its figures show the fill.

@@ -3,7 +3,7 @@ PY := .venv/bin/python
 PORT ?= 8080
 WORKERS ?= auto
 
-.PHONY: setup run test unit integration faults lint format services stop clean render prometheus dashboard-png
+.PHONY: setup run test unit integration faults lint format services stop clean render prometheus dashboard-png bench bench-quick
 
 setup:  ## install everything a fresh machine needs (idempotent)
 	@scripts/setup.sh
@@ -43,6 +43,12 @@ prometheus: setup  ## Prometheus on http://127.0.0.1:9090 scraping `make run` (P
 dashboard-png: setup  ## a fresh stack, Prometheus and a burst of load, drawn as build/dashboard-overview.png
 	LANES_DASHBOARD_PNG=$(CURDIR)/build/dashboard-overview.png $(PY) -m pytest -q tests/integration/test_prometheus.py
 	@echo "dashboard: build/dashboard-overview.png"
+
+bench: setup  ## Lanes against raw RabbitMQ, a bare enqueue endpoint and Celery; report in bench/results (<= 10 min)
+	$(PY) -m bench
+
+bench-quick: setup  ## the same scenarios on small workloads (<= 2 min)
+	$(PY) -m bench --quick
 
 services: setup  ## start the embedded RabbitMQ and FerretDB and leave them running
 	$(PY) -m deploy.services up

@@ -1,0 +1,1 @@
+"""The baselines Lanes is measured against: a bare enqueue endpoint and Celery."""

@@ -141,7 +141,7 @@ class Enqueuer:
                 if binding is not None:
                     earlier = self._requests.get(binding["request_id"])
                     if earlier is not None:
-                        self._finish_publishing(earlier)
+                        self._finish_publishing(earlier, idempotency_key)
                         return Accepted(record=earlier, position=0, created=False)
                     # An earlier attempt bound the key and died before storing: finish its job.
                     request_id = binding["request_id"]
@@ -169,7 +169,7 @@ class Enqueuer:
             pass
         return Accepted(record=record, position=position, created=True)
 
-    def _finish_publishing(self, record: dict[str, Any]) -> None:
+    def _finish_publishing(self, record: dict[str, Any], idempotency_key: str) -> None:
         """A retry of a request whose first attempt died before its publish was confirmed
         publishes it now, instead of leaving it to the sweeper."""
         if record["status"] != "queued" or not self._requests.is_unpublished(record["_id"]):
@@ -177,6 +177,8 @@ class Enqueuer:
         try:
             self._publisher.publish(record["user_id"], record["_id"])
         except LaneFull:
+            # Refused, so not accepted after all: keep nothing the sweeper could run later.
+            self._forget(record["_id"], record["user_id"], idempotency_key)
             raise TooManyRequests(
                 "Your lane is full.", retry_after=self._settings.retry_after_seconds, code="lane_full"
             ) from None

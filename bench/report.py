@@ -211,7 +211,10 @@ def markdown(r: dict[str, Any], plots: list[str] | None = None) -> str:
         met = "-" if target.met is None else ("yes" if target.met else "**no**")
         lines.append(f"| {target.name} | {target.measured} | {target.wanted} | {met} |")
     if r.get("errors"):
-        lines += ["", "Phases that failed or were skipped: " + "; ".join(f"{k}: {v}" for k, v in r["errors"].items())]
+        lines += ["", "Scenarios that failed: " + "; ".join(f"{k}: {v}" for k, v in r["errors"].items())]
+    if r.get("skipped"):
+        lines += ["", "Scenarios left out: " + "; ".join(f"{k}: {v}" for k, v in r["skipped"].items())]
+    lines += _notes(r)
     lines += _cpu_table(r)
     lines += _profile_tables(d.get("profiles") or {})
     lines += [
@@ -220,6 +223,34 @@ def markdown(r: dict[str, Any], plots: list[str] | None = None) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _notes(r: dict[str, Any]) -> list[str]:
+    """What a reader of the table should know: work cut short by the time bounds, retried 503s."""
+    d = r.get("details", {})
+    notes = []
+    for name, pair in d.get("e2e", {}).get("workloads", {}).items():
+        for system, run in pair.items():
+            if run.get("cut_short"):
+                notes.append(f"{system} {name}: {run['cut_short']} (the rate is over what was sent)")
+            if run.get("not_completed"):
+                notes.append(f"{system} {name}: {run['not_completed']} accepted requests had no result in time")
+            if run.get("retried_503"):
+                notes.append(f"{system} {name}: {run['retried_503']} answers were 503 and sent again")
+    for phase in ("fairness", "coldstart"):
+        if retried := (d.get(phase) or {}).get("retried_503"):
+            notes.append(f"{phase}: {retried} answers were 503 and sent again")
+    for count, detail in (d.get("scale") or {}).items():
+        if detail.get("lanes", int(count)) < int(count):
+            notes.append(
+                f"scale, {int(count):,} lanes: only {detail['lanes']:,} lanes were filled within the time bound"
+            )
+        if not detail.get("drained"):
+            notes.append(
+                f"scale, {int(count):,} lanes: the workers' window ended with work left "
+                f"({detail['finished']:,} of {detail['queued']:,} finished); the rate is over the window"
+            )
+    return ["", "Notes:", "", *[f"* {n}" for n in notes]] if notes else []
 
 
 def _cpu_runs(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

@@ -14,6 +14,7 @@ from bench.baseline.tasks import QUEUE as CELERY_QUEUE
 from bench.infra import Isolation, amqp_url, mongo_url, wait_consumers
 from bench.lanes_stack import wait_http_ready
 from bench.procs import Processes
+from deploy.runner import nginx_head
 from deploy.template import ROOT
 from tests.support import free_port_block
 
@@ -22,24 +23,9 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 def nginx_config(port: int, upstream_port: int, run_dir: Path) -> str:
     """The runner's nginx shape (one worker, keep-alive upstream), routing the baselines' paths."""
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    return f"""{user}worker_processes 1;
-pid {run_dir}/nginx.pid;
-error_log stderr warn;
-daemon off;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {run_dir}/client_body;
-  proxy_temp_path {run_dir}/proxy;
-  fastcgi_temp_path {run_dir}/fastcgi;
-  uwsgi_temp_path {run_dir}/uwsgi;
-  scgi_temp_path {run_dir}/scgi;
-  proxy_http_version 1.1;
-  proxy_set_header Connection "";
-  proxy_set_header Host $host;
-  proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-  upstream baseline {{ server 127.0.0.1:{upstream_port}; keepalive 32; }}
+    return (
+        nginx_head(run_dir)
+        + f"""  upstream baseline {{ server 127.0.0.1:{upstream_port}; keepalive 32; }}
   server {{
     listen 127.0.0.1:{port};
     default_type application/json;
@@ -49,6 +35,7 @@ http {{
   }}
 }}
 """
+    )
 
 
 @dataclass

@@ -83,13 +83,9 @@ def base_env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-def nginx_config(template: Template, port: int, ports: dict[str, int], run_dir: Path) -> str:
-    upstreams, locations = [], []
-    for function in template.http_functions:
-        upstreams.append(f"  upstream {function.name} {{ server 127.0.0.1:{ports[function.name]}; keepalive 32; }}")
-        for route in function.routes:
-            match = route.path if route.prefix else f"= {route.path}"
-            locations.append(f"    location {match} {{ proxy_pass http://{function.name}; }}")
+def nginx_head(run_dir: Path) -> str:
+    """The start of every nginx config we run: one worker in the foreground, files under
+    run_dir, keep-alive upstreams; the caller adds upstreams and the server and closes `http {`."""
     user = "user root;\n" if os.geteuid() == 0 else ""
     return f"""{user}worker_processes 1;
 pid {run_dir}/nginx.pid;
@@ -103,13 +99,26 @@ http {{
   fastcgi_temp_path {run_dir}/fastcgi;
   uwsgi_temp_path {run_dir}/uwsgi;
   scgi_temp_path {run_dir}/scgi;
-  # The functions enforce the real body limit and answer 413 in Lanes' error shape.
-  client_max_body_size 16m;
   proxy_http_version 1.1;
   proxy_set_header Connection "";
   proxy_set_header Host $host;
   proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-  proxy_read_timeout 60s;
+"""
+
+
+def nginx_config(template: Template, port: int, ports: dict[str, int], run_dir: Path) -> str:
+    upstreams, locations = [], []
+    for function in template.http_functions:
+        upstreams.append(f"  upstream {function.name} {{ server 127.0.0.1:{ports[function.name]}; keepalive 32; }}")
+        for route in function.routes:
+            match = route.path if route.prefix else f"= {route.path}"
+            locations.append(f"    location {match} {{ proxy_pass http://{function.name}; }}")
+    return (
+        nginx_head(run_dir)
+        + """  # The functions enforce the real body limit and answer 413 in Lanes' error shape.
+  client_max_body_size 16m;
+"""
+        + f"""  proxy_read_timeout 60s;
 {chr(10).join(upstreams)}
   server {{
     listen 127.0.0.1:{port};
@@ -133,6 +142,7 @@ http {{
   }}
 }}
 """
+    )
 
 
 def start(template: Template, port: int, workers: int, data_dir: Path) -> Stack:

@@ -116,9 +116,10 @@ class LanesStack:
 
 
 def scan_records(db: Any, request_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The outcomes of these requests (a request's status, start and finish live there)."""
     wanted = set(request_ids)
-    projection = {"user_id": 1, "status": 1, "started_at": 1, "finished_at": 1, "created_at": 1}
-    return {r["_id"]: r for r in db.requests.find({}, projection) if r["_id"] in wanted}
+    projection = {"user_id": 1, "status": 1, "started_at": 1, "finished_at": 1}
+    return {r["_id"]: r for r in db.outcomes.find({}, projection) if r["_id"] in wanted}
 
 
 def wait_terminal(db: Any, request_ids: list[str], timeout: float, interval: float = 1.0) -> dict[str, dict[str, Any]]:

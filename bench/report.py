@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.infra import management_api
+from bench.ops import CHURN
 from deploy.template import ROOT
 
 
@@ -216,6 +217,7 @@ def markdown(r: dict[str, Any], plots: list[str] | None = None) -> str:
         lines += ["", "Scenarios left out: " + "; ".join(f"{k}: {v}" for k, v in r["skipped"].items())]
     lines += _notes(r)
     lines += _cpu_table(r)
+    lines += _ops_table(r)
     lines += _profile_tables(d.get("profiles") or {})
     lines += [
         "",
@@ -292,6 +294,59 @@ def _cpu_table(r: dict[str, Any]) -> list[str]:
     others = [_fmt(cpu["cpu_seconds"].get("other")) for _label, cpu in runs]
     lines.append("| other, CPU seconds in the run | " + " | ".join(others) + " |")
     return lines
+
+
+def _ops_runs(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    runs = []
+    for name, pair in r.get("details", {}).get("e2e", {}).get("workloads", {}).items():
+        runs += [(f"Lanes e2e {name}", pair["lanes"].get("ops")), (f"Celery e2e {name}", pair["celery"].get("ops"))]
+    return [(label, ops) for label, ops in runs if ops and ops.get("per_request")]
+
+
+def _ops_table(r: dict[str, Any]) -> list[str]:
+    """Broker and database operations per request: what a request cost the shared servers,
+    in their own counts, whatever the code was meant to do."""
+    runs = _ops_runs(r)
+    if not runs:
+        return []
+    lines = [
+        "",
+        "Broker and database operations per request completed, end to end, from the servers' own counters",
+        "(FerretDB's serverStatus, all databases; RabbitMQ's management API: messages in the run's vhost,",
+        "queue, channel and connection churn node-wide), counted from the workers being up to the work done",
+        "while only that scenario ran; both servers are shared, so anything else using them then counts too.",
+        "In brackets, what others' traffic would account for at the rate seen while the run's vhost was quiet:",
+        "",
+        "| operation | " + " | ".join(label for label, _ in runs) + " |",
+        "|---|" + "---:|" * len(runs),
+    ]
+    for side in ("database", "broker"):
+        keys: list[str] = []
+        for _label, ops in runs:
+            keys += [k for k in ops["per_request"][side] if k not in keys]
+        for key in keys:
+            cells = [_ops_cell(ops, side, key) for _label, ops in runs]
+            lines.append(f"| {_ops_label(side, key)} | " + " | ".join(cells) + " |")
+    lines.append("| requests completed | " + " | ".join(_fmt(ops["requests"]) for _label, ops in runs) + " |")
+    lines.append("| seconds counted | " + " | ".join(_fmt(ops["seconds"]) for _label, ops in runs) + " |")
+    if unsettled := [label for label, ops in runs if not ops.get("settled")]:
+        lines += ["", f"RabbitMQ's figures were still changing when read (12 s at most) for: {', '.join(unsettled)}."]
+    return lines
+
+
+def _ops_cell(ops: dict[str, Any], side: str, key: str) -> str:
+    others = ops.get("background_per_request", {}).get(side, {}).get(key)
+    return _fmt(ops["per_request"][side].get(key)) + (f" ({_fmt(others)})" if others else "")
+
+
+def _ops_label(side: str, key: str) -> str:
+    if side == "broker":
+        return f"RabbitMQ {key}" + (" (node-wide)" if key in CHURN else "")
+    return {
+        "writes": "**FerretDB writes** (insert + update + delete + findAndModify)",
+        "find": "FerretDB find (+ getMore)",
+        "housekeeping": "FerretDB other (hello, ping, createIndexes, ...)",
+    }.get(key, f"FerretDB {key}")
 
 
 def _profile_tables(profiles: dict[str, Any]) -> list[str]:

@@ -52,6 +52,8 @@ def lanes_env(running_services: None, tmp_path_factory: pytest.TempPathFactory) 
         "JWT_PUBLIC_KEY_FILE": "",
         "JWT_PRIVATE_KEY_FILE": "",
         "WORKER_SLOTS": "4",
+        # Short, so that tests of revocation wait little; the bound itself is what they test.
+        "AUTH_CACHE_SECONDS": "1",
         "TEST_VHOST": vhost,
     }
     yield env

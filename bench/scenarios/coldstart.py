@@ -60,7 +60,7 @@ def run(ctx: Context) -> dict[str, Any]:
 def _wait_result(db: Any, request_id: str, timeout: float) -> dict[str, Any] | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        record = db.requests.find_one({"_id": request_id}, {"status": 1, "finished_at": 1})
+        record = db.outcomes.find_one({"_id": request_id}, {"status": 1, "finished_at": 1})
         if record is not None and record["status"] in TERMINAL:
             return dict(record)
         time.sleep(0.02)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench import cpu
+from bench import cpu, ops
 from bench.baseline.tasks import COLLECTION
 from bench.client import Http, User
 from bench.context import Context
@@ -148,20 +148,26 @@ def _run(
     stop: Callable[[], None],
     workers: str,
 ) -> dict[str, Any]:
-    """Start the workers, submit in order, wait until the vhost is idle, read the timings."""
+    """Start the workers, submit in order, wait until the vhost is idle, read the timings.
+    The broker's and database's counters are read once the workers are up and again once the
+    work is done, each after the broker's figures settle (this costs 5 to 12 s a side)."""
     start()
+    admin = ctx.isolation.db("admin")
     try:
         ctx.say("e2e", f"{label}: {workers} up; {len(users)} users submitting {per_user} requests each")
+        counted = ops.snapshot(vhost, admin)
         before, base = cpu.snapshot(), published(vhost)
         submit_for = max(5.0, min(ctx.sizes.e2e_submit_seconds, ctx.time_left() - 30))
         submitted = submit_in_order(base_url, users, per_user, send, ctx.sizes.submit_threads, submit_for)
         ctx.say("e2e", f"{label}: {submitted.accepted} accepted in {submitted.summary()['submit_seconds']} s")
         idle = wait_vhost_idle(vhost, base + submitted.accepted, timeout=max(10.0, min(90.0, ctx.time_left() - 20)))
         used = cpu.usage(before, cpu.snapshot(), submitted.accepted)
+        counted_after = ops.snapshot(vhost, admin)
         timings = timings_of(list(itertools.chain.from_iterable(submitted.ids.values())))
     finally:
         stop()
     result = {**_measure(submitted, timings), "workers": workers, "drained": idle, "cpu": used}
+    result["ops"] = ops.usage(counted, counted_after, result["completed"])
     if submitted.accepted < len(users) * per_user:
         result["cut_short"] = f"{submitted.accepted} of {len(users) * per_user} sent within {submit_for:.0f} s"
     ctx.say("e2e", f"{label}: {result['rps']} req/s end to end, {result['order_violations']} ordering violations")

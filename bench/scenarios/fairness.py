@@ -112,7 +112,7 @@ def _wait_each(db: Any, request_ids: list[str], timeout: float) -> dict[str, dic
         for request_id in request_ids:
             if request_id in done:
                 continue
-            record = db.requests.find_one({"_id": request_id}, {"status": 1, "finished_at": 1})
+            record = db.outcomes.find_one({"_id": request_id}, {"status": 1, "finished_at": 1})
             if record is None or record["status"] not in TERMINAL:
                 break  # later ones are most likely pending too; look again shortly
             done[request_id] = record

@@ -22,7 +22,8 @@ from bench.lanes_stack import TERMINAL, Workers, epoch, lanes_env, worker_env
 from bench.procs import STOP
 from lanes.broker import ChannelPool
 from lanes.db import connect, ensure_indexes
-from lanes.queueing import Enqueuer, LanePublisher
+from lanes.protocol import LanePublisher
+from lanes.queueing import Enqueuer
 from lanes.requests import Requests
 from lanes.settings import Settings
 from lanes.validation import EnqueueBody
@@ -78,7 +79,7 @@ def _measure(ctx: Context, count: int, vhost: str, database: str) -> dict[str, A
         used = cpu.snapshot()
     finally:
         workers.stop()
-    records = list(ctx.isolation.db(database).requests.find({}, {"status": 1, "started_at": 1, "finished_at": 1}))
+    records = list(ctx.isolation.db(database).outcomes.find({}, {"status": 1, "started_at": 1, "finished_at": 1}))
     finished = [f for r in records if r["status"] in TERMINAL and (f := epoch(r.get("finished_at")))]
     started = [s for r in records if (s := epoch(r.get("started_at")))]
     span = max(finished) - min(started) if finished and started else 0.0

@@ -6,15 +6,16 @@ from flask import Flask, Response, g, jsonify, request
 
 from lanes import correlation, validation
 from lanes.actions import build_registry
-from lanes.broker import ChannelPool, open_connection
+from lanes.broker import ChannelPool, check_connection
 from lanes.db import connect, ensure_indexes, ping
 from lanes.errors import DatabaseError
 from lanes.logs import configure_logging
-from lanes.queueing import Enqueuer, LanePublisher
+from lanes.protocol import LanePublisher
+from lanes.queueing import Enqueuer
 from lanes.requests import Requests, public_view
 from lanes.settings import Settings, load_settings
 from lanes.tokens import TokenService
-from lanes.users import Sessions, Users
+from lanes.users import RecentUsers, Sessions, Users
 from lanes.web import authenticate, create_base_app, health_blueprint, json_body
 
 
@@ -26,12 +27,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         ensure_indexes(db)
     except DatabaseError:
         pass  # the database may come up after us; the worker creates the indexes too
-    sessions = Sessions(Users(db), TokenService(settings, can_sign=False))
+    sessions = Sessions(
+        Users(db), TokenService(settings, can_sign=False), recent=RecentUsers(settings.auth_cache_seconds)
+    )
     known_actions = build_registry(settings).names
     enqueuer = Enqueuer(settings, Requests(db), LanePublisher(settings, ChannelPool(settings)))
     app = create_base_app("enqueue", settings)
     app.register_blueprint(
-        health_blueprint({"database": lambda: ping(db), "broker": lambda: open_connection(settings).close()})
+        health_blueprint({"database": lambda: ping(db), "broker": lambda: check_connection(settings)})
     )
 
     @app.post("/enqueue")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask, Response, jsonify, request
 
 from lanes import validation
-from lanes.broker import open_connection
+from lanes.broker import check_connection
 from lanes.db import connect, ping
 from lanes.httpmetrics import add_collector
 from lanes.lanestats import LaneStats
@@ -13,8 +13,9 @@ from lanes.logs import configure_logging
 from lanes.openapi import load_openapi
 from lanes.requests import Requests, public_view
 from lanes.settings import Settings, load_settings
+from lanes.sweeper import start_sweeper
 from lanes.tokens import TokenService
-from lanes.users import Sessions, Users
+from lanes.users import RecentUsers, Sessions, Users
 from lanes.web import authenticate, create_base_app, health_blueprint
 
 
@@ -22,14 +23,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     configure_logging("status", settings.log_level)
     db = connect(settings)
-    sessions = Sessions(Users(db), TokenService(settings, can_sign=False))
+    sessions = Sessions(
+        Users(db), TokenService(settings, can_sign=False), recent=RecentUsers(settings.auth_cache_seconds)
+    )
     requests = Requests(db)
     app = create_base_app("status", settings)
     app.register_blueprint(
-        health_blueprint({"database": lambda: ping(db), "broker": lambda: open_connection(settings).close()})
+        health_blueprint({"database": lambda: ping(db), "broker": lambda: check_connection(settings)})
     )
     # The lanes as a whole: exported here because they must be seen while no worker runs.
     add_collector(app, LaneStats(settings, db))
+    # Repairs run where something always runs: this function, also while the worker is at zero.
+    start_sweeper(settings)
 
     api_description = load_openapi()
 

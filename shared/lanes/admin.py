@@ -14,7 +14,8 @@ from typing import Any
 from lanes.broker import ChannelPool
 from lanes.db import connect, iso
 from lanes.errors import LanesError
-from lanes.queueing import Enqueuer, LanePublisher
+from lanes.protocol import LanePublisher
+from lanes.queueing import Enqueuer
 from lanes.requests import Requests, request_data
 from lanes.settings import Settings, load_settings
 from lanes.validation import EnqueueBody

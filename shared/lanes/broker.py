@@ -1,7 +1,15 @@
-"""RabbitMQ connections and the queue names Lanes uses. pika errors stop here.
+"""RabbitMQ for Lanes: connections, queue names and arguments, and the few operations the
+lane protocol needs. pika is imported here and nowhere else; its errors stop here.
 
-pika's BlockingConnection must never be shared between threads or greenlets, so
-HTTP functions borrow whole connections from a small pool, one borrower at a time.
+Callers see plain values and four outcomes besides success: `QueueMissing` (404),
+`QueueInUse` (another connection holds the queue exclusively), `Refused` (the broker
+nacked a publish: a full queue) and `BrokerError` (anything else: the connection is
+unusable). After a 404, 403 or 405 the broker closes the channel; the `Channel`
+wrapper opens a fresh one on the same connection, so the caller can go on.
+
+pika's BlockingConnection must never be shared between threads or greenlets, so HTTP
+functions borrow whole connections from a small pool, one borrower at a time, and each
+worker slot owns its own `Session`.
 """
 
 from __future__ import annotations
@@ -9,7 +17,8 @@ from __future__ import annotations
 import json
 import queue
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -21,30 +30,34 @@ from pika.adapters.blocking_connection import BlockingChannel
 from lanes.errors import BrokerError
 from lanes.settings import Settings
 
-PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json")
-TRANSIENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Transient)
-
-
-def persistent_since(accepted_at: float) -> pika.BasicProperties:
-    """PERSISTENT, stamped with when the request was accepted: RabbitMQ then reports the age of
-    each lane's head (`head_message_timestamp`), which the lane gauges read instead of the database."""
-    return pika.BasicProperties(
-        delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json", timestamp=int(accepted_at)
-    )
-
-
 # Half the heartbeat interval: a pooled connection idle longer is replaced, not lent.
 MAX_IDLE_SECONDS = 15.0
 
 # AMQP reply codes that close a channel but leave the connection usable.
-NOT_FOUND, RESOURCE_LOCKED, PRECONDITION_FAILED = 404, 405, 406
+ACCESS_REFUSED, NOT_FOUND, RESOURCE_LOCKED, PRECONDITION_FAILED = 403, 404, 405, 406
 
 # A quorum queue returns a nacked or requeued message to its *back* unless the queue
 # has a delivery limit (RabbitMQ's quorum queue guide, "Repeated Requeues"); with one
-# it goes back near the head, which per-user FIFO needs (docs/design.md 4.3). The
-# worker gives a request up after MAX_ATTEMPTS, so this limit is only a backstop
-# against a broker-side drop: it must stay far above any real redelivery count.
+# it goes back to the head, which per-user FIFO needs (docs/design.md). The worker
+# gives a request up after MAX_ATTEMPTS, so this limit is only a backstop against a
+# broker-side drop: it must stay far above any real redelivery count.
 QUORUM_DELIVERY_LIMIT = 10_000
+
+
+class QueueMissing(BrokerError):
+    """The queue does not exist (expired, or never declared)."""
+
+
+class QueueInUse(BrokerError):
+    """Another connection holds the queue exclusively (a lane's consumer: the lane is held)."""
+
+
+class ArgumentsDiffer(BrokerError):
+    """The queue exists with other arguments (settings changed since it was declared)."""
+
+
+class Refused(Exception):
+    """The broker refused a publish (`reject-publish`: the queue is at its length limit)."""
 
 
 @dataclass(frozen=True)
@@ -60,23 +73,40 @@ class QueueNames:
 
     @property
     def ready(self) -> str:
-        """Wake-up tokens of lanes that have work and no active holder."""
+        """Wake-up tokens: one per lane that has work (waiting for a slot, or held by one)."""
         return f"{self.prefix}.ready"
+
+    @property
+    def sweeper(self) -> str:
+        """Whoever consumes this queue (exclusively) is the one sweeper of the deployment."""
+        return f"{self.prefix}.sweeper"
 
     def lane(self, user_id: str) -> str:
         return f"{self.prefix}.lane.{user_id}"
 
     def bell(self, user_id: str) -> str:
-        """A queue of at most one message: 'a wake-up token for this lane is on its way'."""
+        """A queue of at most one message: 'this lane has a token or a holder'."""
         return f"{self.prefix}.bell.{user_id}"
-
-    def lock(self, user_id: str) -> str:
-        """An exclusive queue whose existence means 'a worker is running this lane'."""
-        return f"{self.prefix}.lock.{user_id}"
 
     def lane_owner(self, queue_name: str) -> str | None:
         start = f"{self.prefix}.lane."
         return queue_name[len(start) :] if queue_name.startswith(start) else None
+
+
+@dataclass(frozen=True)
+class Counts:
+    """A queue's counts at one moment: messages ready for delivery, and consumers."""
+
+    ready: int
+    consumers: int
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A message delivered to a consumer, waiting for its ack or nack."""
+
+    tag: int
+    body: bytes
 
 
 def connection_parameters(settings: Settings) -> pika.URLParameters:
@@ -97,9 +127,18 @@ def open_connection(settings: Settings) -> pika.BlockingConnection:
         raise BrokerError(f"cannot connect to RabbitMQ: {error!r}") from None
 
 
+def check_connection(settings: Settings) -> None:
+    """Open and close a connection: the readiness probe's question."""
+    open_connection(settings).close()
+
+
 def lane_arguments(settings: Settings) -> dict[str, Any]:
     """Lane queue arguments: RabbitMQ itself refuses publishes beyond the depth limit, and
-    deletes a lane that nobody declared, consumed or read for the idle period."""
+    deletes a lane that nobody declared, consumed or read for the idle period.
+
+    A quorum queue does not enforce exclusive consumers, so a quorum lane is a
+    single-active-consumer queue instead: a second consumer waits inactive and
+    the holder notices it (docs/design.md, "Holding a lane")."""
     arguments: dict[str, Any] = {
         "x-max-length": settings.lane_depth_limit,
         "x-overflow": "reject-publish",
@@ -108,6 +147,7 @@ def lane_arguments(settings: Settings) -> dict[str, Any]:
     }
     if settings.queue_type == "quorum":
         arguments["x-delivery-limit"] = QUORUM_DELIVERY_LIMIT
+        arguments["x-single-active-consumer"] = True
     return arguments
 
 
@@ -122,11 +162,11 @@ def bell_arguments(settings: Settings) -> dict[str, Any]:
     }
 
 
-def declare_ready_queue(channel: BlockingChannel, names: QueueNames) -> None:
+def ready_arguments(names: QueueNames) -> dict[str, Any]:
     arguments: dict[str, Any] = {"x-queue-type": names.queue_type}
     if names.queue_type == "quorum":
         arguments["x-delivery-limit"] = QUORUM_DELIVERY_LIMIT
-    channel.queue_declare(names.ready, durable=True, arguments=arguments)
+    return arguments
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -140,86 +180,137 @@ def decode(body: bytes) -> dict[str, Any]:
     return value
 
 
+def _persistent(timestamp: float | None) -> pika.BasicProperties:
+    """Persistent; stamped with when the request was accepted, so RabbitMQ reports the age of
+    each lane's head (`head_message_timestamp`) and the lane gauges need no database scan."""
+    return pika.BasicProperties(
+        delivery_mode=pika.DeliveryMode.Persistent,
+        content_type="application/json",
+        timestamp=None if timestamp is None else int(timestamp),
+    )
+
+
+_TRANSIENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Transient)
+
+
+class Channel:
+    """A confirm-mode channel that survives the broker closing it after a refused operation."""
+
+    def __init__(self, connection: pika.BlockingConnection) -> None:
+        self._connection = connection
+        self._channel: BlockingChannel | None = None
+
+    @property
+    def raw(self) -> BlockingChannel:
+        if self._channel is None or not self._channel.is_open:
+            self._channel = self._connection.channel()
+            self._channel.confirm_delivery()
+        return self._channel
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except pika.exceptions.ChannelClosedByBroker as error:
+            self._channel = None
+            if error.reply_code == NOT_FOUND:
+                raise QueueMissing(error.reply_text) from None
+            if error.reply_code in (ACCESS_REFUSED, RESOURCE_LOCKED):
+                raise QueueInUse(error.reply_text) from None
+            if error.reply_code == PRECONDITION_FAILED:
+                raise ArgumentsDiffer(error.reply_text) from None
+            raise BrokerError(f"RabbitMQ closed a channel: {error!r}") from None
+        except pika.exceptions.NackError:
+            raise Refused from None
+        except pika.exceptions.UnroutableError:
+            raise QueueMissing("unroutable: the queue does not exist") from None
+        except (pika.exceptions.AMQPError, OSError) as error:
+            raise BrokerError(f"RabbitMQ failed: {error!r}") from None
+
+    def declare(self, name: str, arguments: dict[str, Any]) -> Counts:
+        """Declare a durable queue (restarting its idle timer) and return its counts.
+
+        A queue that exists with other arguments (settings changed since) is used as it is."""
+        try:
+            with self._translated():
+                return _counts(self.raw.queue_declare(name, durable=True, arguments=arguments))
+        except ArgumentsDiffer:
+            return self.counts(name)
+
+    def counts(self, name: str) -> Counts:
+        """A queue's counts (a passive declare); QueueMissing when it does not exist."""
+        with self._translated():
+            return _counts(self.raw.queue_declare(name, passive=True))
+
+    def publish(self, queue_name: str, body: bytes, *, persistent: bool = True, timestamp: float | None = None) -> None:
+        """Publish and wait for the broker's confirm: Refused (full) or QueueMissing (unroutable)."""
+        properties = _persistent(timestamp) if persistent else _TRANSIENT
+        with self._translated():
+            self.raw.basic_publish("", queue_name, body, properties, mandatory=True)
+
+    def purge(self, name: str) -> None:
+        with self._translated():
+            self.raw.queue_purge(name)
+
+
+def _counts(declared: Any) -> Counts:
+    return Counts(ready=int(declared.method.message_count), consumers=int(declared.method.consumer_count))
+
+
 class ChannelPool:
     """Confirm-mode channels, each on its own connection, lent to one borrower at a time."""
 
     def __init__(self, settings: Settings, max_idle: int = 16) -> None:
         self._settings = settings
-        self._idle: queue.LifoQueue[pika.BlockingConnection] = queue.LifoQueue(maxsize=max_idle)
-        self._channels: dict[int, BlockingChannel] = {}
-        self._returned_at: dict[int, float] = {}
+        self._idle: queue.LifoQueue[tuple[pika.BlockingConnection, Channel, float]] = queue.LifoQueue(maxsize=max_idle)
 
     @contextmanager
-    def channel(self) -> Iterator[BlockingChannel]:
+    def channel(self) -> Iterator[Channel]:
         """Borrow a channel; a connection that failed is closed instead of returned."""
-        connection = self._take()
+        connection, channel = self._take()
         try:
-            channel = self._channel_of(connection)
             yield channel
-        except (pika.exceptions.AMQPError, OSError) as error:
-            _close_quietly(connection)
-            self._channels.pop(id(connection), None)
-            raise BrokerError(f"RabbitMQ failed: {error!r}") from None
+        except (QueueMissing, QueueInUse, ArgumentsDiffer, Refused):
+            self._give_back(connection, channel)  # only a channel was closed, and Channel reopens it
+            raise
         except BaseException:
             _close_quietly(connection)
-            self._channels.pop(id(connection), None)
             raise
-        else:
-            self._give_back(connection)
-
-    def reopen(self, channel: BlockingChannel) -> BlockingChannel:
-        """A fresh confirm channel on the same connection, after the broker closed one."""
-        connection = channel.connection
-        fresh = connection.channel()
-        fresh.confirm_delivery()
-        self._channels[id(connection)] = fresh
-        return fresh
+        self._give_back(connection, channel)
 
     def close(self) -> None:
         while True:
             try:
-                _close_quietly(self._idle.get_nowait())
+                _close_quietly(self._idle.get_nowait()[0])
             except queue.Empty:
                 return
 
-    def _take(self) -> pika.BlockingConnection:
+    def _take(self) -> tuple[pika.BlockingConnection, Channel]:
         while True:
             try:
-                connection = self._idle.get_nowait()
+                connection, channel, returned_at = self._idle.get_nowait()
             except queue.Empty:
-                return open_connection(self._settings)
-            idle = time.monotonic() - self._returned_at.pop(id(connection), 0.0)
+                connection = open_connection(self._settings)
+                return connection, Channel(connection)
             # An idle pooled connection answers no heartbeats, so the broker closes it
             # after two missed ones: never lend one that may be past that point.
-            if idle < MAX_IDLE_SECONDS and self._alive(connection):
-                return connection
-            self._channels.pop(id(connection), None)
+            if time.monotonic() - returned_at < MAX_IDLE_SECONDS and _alive(connection):
+                return connection, channel
             _close_quietly(connection)
 
-    @staticmethod
-    def _alive(connection: pika.BlockingConnection) -> bool:
+    def _give_back(self, connection: pika.BlockingConnection, channel: Channel) -> None:
         try:
-            connection.process_data_events(time_limit=0)
-        except Exception:  # noqa: BLE001 - a dead connection fails in many ways (pika even raises ValueError)
-            return False
-        return bool(connection.is_open)
-
-    def _channel_of(self, connection: pika.BlockingConnection) -> BlockingChannel:
-        channel = self._channels.get(id(connection))
-        if channel is None or not channel.is_open:
-            channel = connection.channel()
-            channel.confirm_delivery()
-            self._channels[id(connection)] = channel
-        return channel
-
-    def _give_back(self, connection: pika.BlockingConnection) -> None:
-        self._returned_at[id(connection)] = time.monotonic()
-        try:
-            self._idle.put_nowait(connection)
+            self._idle.put_nowait((connection, channel, time.monotonic()))
         except queue.Full:
-            self._channels.pop(id(connection), None)
-            self._returned_at.pop(id(connection), None)
             _close_quietly(connection)
+
+
+def _alive(connection: pika.BlockingConnection) -> bool:
+    try:
+        connection.process_data_events(time_limit=0)
+    except Exception:  # noqa: BLE001 - a dead connection fails in many ways (pika even raises ValueError)
+        return False
+    return bool(connection.is_open)
 
 
 def _close_quietly(connection: pika.BlockingConnection) -> None:
@@ -228,6 +319,148 @@ def _close_quietly(connection: pika.BlockingConnection) -> None:
             connection.close()
     except Exception:  # noqa: BLE001 - closing a broken connection may fail in many ways
         pass
+
+
+class Session:
+    """One worker slot's connection: a channel that takes wake-up tokens and a channel
+    that holds lanes, with every delivery buffered until the slot asks for it.
+
+    Nothing here polls: `wait` blocks in pika's I/O loop until a frame arrives, the
+    time is up, or another thread calls `wake` (a handler that finished)."""
+
+    def __init__(self, settings: Settings, names: QueueNames) -> None:
+        self._connection = open_connection(settings)
+        self._names = names
+        self.tokens: deque[Delivery] = deque()
+        self.lane_deliveries: deque[Delivery] = deque()
+        self.channel = Channel(self._connection)
+        self._token_channel: BlockingChannel | None = None
+        self._consumer_tag: str | None = None
+        with self.channel._translated():
+            self._token_channel = self._connection.channel()
+            self._token_channel.queue_declare(names.ready, durable=True, arguments=ready_arguments(names))
+
+    # -- tokens -------------------------------------------------------------------
+
+    def listen_for_tokens(self, prefetch: int = 1) -> None:
+        assert self._token_channel is not None
+        with self.channel._translated():
+            self._token_channel.basic_qos(prefetch_count=prefetch)
+            self._token_channel.basic_consume(self._names.ready, self._on_token)
+
+    def stop_listening_for_tokens(self) -> None:
+        """Cancel the token consumer; tokens delivered but not yet taken go back to the queue."""
+        assert self._token_channel is not None
+        with self.channel._translated():
+            if self._token_channel.consumer_tags:
+                self._token_channel.basic_cancel(self._token_channel.consumer_tags[0])
+            while self.tokens:
+                self._token_channel.basic_nack(self.tokens.popleft().tag, requeue=True)
+
+    def ack_token(self, token: Delivery) -> None:
+        assert self._token_channel is not None
+        with self.channel._translated():
+            self._token_channel.basic_ack(token.tag)
+
+    def _on_token(self, _channel: Any, method: Any, _properties: Any, body: bytes) -> None:
+        self.tokens.append(Delivery(method.delivery_tag, body))
+
+    # -- holding a lane ---------------------------------------------------------------
+
+    def hold(self, lane: str, exclusive: bool) -> None:
+        """Consume the lane, one unacknowledged message at a time.
+
+        `exclusive`: the broker refuses a second consumer (QueueInUse). Without it
+        (quorum lanes, single active consumer) a second consumer is accepted but
+        receives nothing while the first lives."""
+        channel = self.channel
+        with channel._translated():
+            channel.raw.basic_qos(prefetch_count=1)
+            self._consumer_tag = channel.raw.basic_consume(lane, self._on_lane_message, exclusive=exclusive)
+
+    def release(self) -> None:
+        """Stop consuming the held lane; a message delivered but not run goes back to its head."""
+        channel = self.channel
+        with channel._translated():
+            if self._consumer_tag is not None:
+                channel.raw.basic_cancel(self._consumer_tag)
+                self._consumer_tag = None
+            while self.lane_deliveries:
+                channel.raw.basic_nack(self.lane_deliveries.popleft().tag, requeue=True)
+
+    def fence(self) -> None:
+        """A round trip through the lane channel itself: a delivery the broker sent before
+        this call is buffered when it returns (the channel forwards messages in order)."""
+        with self.channel._translated():
+            self.channel.raw.basic_qos(prefetch_count=1)
+            self._connection.process_data_events(time_limit=0)
+
+    def ack(self, delivery: Delivery) -> None:
+        with self.channel._translated():
+            self.channel.raw.basic_ack(delivery.tag)
+
+    def nack(self, delivery: Delivery) -> None:
+        """Put a message back at the head of its lane."""
+        with self.channel._translated():
+            self.channel.raw.basic_nack(delivery.tag, requeue=True)
+
+    def _on_lane_message(self, _channel: Any, method: Any, _properties: Any, body: bytes) -> None:
+        self.lane_deliveries.append(Delivery(method.delivery_tag, body))
+
+    # -- the I/O loop -------------------------------------------------------------------
+
+    def wait(self, seconds: float, until: Callable[[], bool]) -> None:
+        """Serve the connection (heartbeats, deliveries) until `until()` or `seconds` pass."""
+        deadline = time.monotonic() + seconds
+        with self.channel._translated():
+            self._connection.process_data_events(time_limit=0)  # dispatch what arrived meanwhile
+            while not until() and (left := deadline - time.monotonic()) > 0:
+                self._connection.process_data_events(time_limit=left)
+
+    def wake(self) -> None:
+        """From any thread: make a `wait` in progress return and look at its condition."""
+        try:
+            self._connection.add_callback_threadsafe(_nothing)
+        except Exception:  # noqa: BLE001 - a closed connection: the waiter finds out itself
+            pass
+
+    def close(self) -> None:
+        _close_quietly(self._connection)
+
+
+def _nothing() -> None:
+    pass
+
+
+class Leadership:
+    """Leader election by exclusive consumer: of all the processes that try, the broker lets
+    one consume `queue_name`, and hands it to the next one when that connection dies."""
+
+    def __init__(self, settings: Settings, queue_name: str) -> None:
+        self._settings = settings
+        self._queue = queue_name
+        self._connection: pika.BlockingConnection | None = None
+
+    def held(self) -> bool:
+        """True while this process leads; tries to become the leader when it does not."""
+        try:
+            if self._connection is not None and self._connection.is_open:
+                self._connection.process_data_events(time_limit=0)  # heartbeats
+                return True
+            self._connection = open_connection(self._settings)
+            channel = self._connection.channel()
+            # Gone with the last candidate: it holds nothing, it only elects.
+            channel.queue_declare(self._queue, auto_delete=True, arguments={"x-queue-type": "classic"})
+            channel.basic_consume(self._queue, lambda *_: None, exclusive=True)
+            return True
+        except (BrokerError, pika.exceptions.AMQPError, OSError):
+            self.resign()
+            return False
+
+    def resign(self) -> None:
+        if self._connection is not None:
+            _close_quietly(self._connection)
+        self._connection = None
 
 
 @contextmanager

@@ -6,6 +6,7 @@ what both MongoDB and the embedded FerretDB answer through an index.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -25,8 +26,14 @@ T = TypeVar("T")
 
 def connect(settings: Settings) -> Database[dict[str, Any]]:
     """A database handle; pymongo connects lazily and reconnects by itself after outages."""
+    # Acknowledged only once a majority of a replica set has it in its journal, so a
+    # failover cannot roll back a write the client was told about (a 202's record, an
+    # outcome). FerretDB on SQLite accepts and ignores the concern: each write is an
+    # SQLite transaction, committed before the answer.
     client: MongoClient[dict[str, Any]] = MongoClient(
         settings.mongo_uri,
+        w="majority",
+        journal=True,
         serverSelectionTimeoutMS=3000,
         connectTimeoutMS=3000,
         socketTimeoutMS=15000,
@@ -54,8 +61,13 @@ def translate_errors(func: Callable[P, T]) -> Callable[P, T]:
 @translate_errors
 def ensure_indexes(db: Database[dict[str, Any]]) -> None:
     """Create the indexes Lanes relies on; safe to repeat."""
+    # Listings: a user's requests in id order. MongoDB answers them from this index;
+    # FerretDB on SQLite does not use it, but its cost there is one index entry per request.
     db.requests.create_index([("user_id", pymongo.ASCENDING), ("_id", pymongo.ASCENDING)])
-    db.requests.create_index([("status", pymongo.ASCENDING), ("created_at", pymongo.ASCENDING)])
+    # Records no longer carry a status (it is derived from claims and outcomes): the
+    # index an older version kept on it would only cost every insert.
+    with contextlib.suppress(OperationFailure):
+        db.requests.drop_index("status_1_created_at_1")
     try:
         db.revoked_tokens.create_index("expires_at", expireAfterSeconds=0)
     except OperationFailure:

@@ -66,6 +66,11 @@ class ManagementApi:
         self._auth = "Basic " + base64.b64encode(credentials).decode()
         self._vhost = quote(settings.rabbitmq_vhost, safe="")
 
+    @property
+    def vhost(self) -> str:
+        """The vhost, quoted for a path."""
+        return self._vhost
+
     def get(self, path: str, **params: str | int) -> Any:
         query = f"?{urlencode(params)}" if params else ""
         request = urllib.request.Request(f"{self._base}/api/{path}{query}", headers={"Authorization": self._auth})

@@ -1,38 +1,29 @@
-"""Accepting a request into its user's lane: stored, published, and its lane woken.
+"""Accepting a request: its message into the user's lane first, then its record.
 
-The order of steps is the durability argument (docs/design.md):
-1. the record is inserted in MongoDB (status `queued`, marked unpublished);
-2. the request's message is published to the lane queue with a publisher confirm,
-   so it is on the broker's disk before we go on;
-3. the lane's bell is rung; the enqueue that finds it empty publishes a wake-up
-   token to the ready queue (a refused ring means a token is already on its way);
-4. the unpublished marker is removed, and the client gets 202.
+The order is the durability argument (docs/design.md, "Accepted means durable"):
+1. an Idempotency-Key, if sent, is bound to the new request id (an insert), and marked
+   once the publish is confirmed, so a retry knows whether to adopt or replace it;
+2. the request's message, which carries everything needed to run it, is published to
+   the lane with a publisher confirm: from here on it is on the broker's disk and runs;
+   a refusal (full lane: 429) or a failure (503) leaves nothing behind to run;
+   if the broker's answer is lost, the request id is refused (a claim no worker can
+   take), so a copy that reached the lane after all is skipped;
+3. the record is inserted, for reads and listings; should that fail, the request is
+   accepted all the same (it is durable and will run, and its outcome makes it
+   readable), so a 503 always means "never runs";
+4. the client gets 202.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel
-
-from lanes.broker import (
-    PERSISTENT,
-    PRECONDITION_FAILED,
-    TRANSIENT,
-    ChannelPool,
-    QueueNames,
-    bell_arguments,
-    declare_ready_queue,
-    encode,
-    lane_arguments,
-    persistent_since,
-)
 from lanes.errors import BrokerError, DatabaseError, TooManyRequests, Unavailable
 from lanes.faults import maybe_crash
-from lanes.requests import Requests, accepted_at, body_fingerprint, new_request_id
+from lanes.protocol import LaneFull, LaneMessage, LanePublisher
+from lanes.requests import Requests, accepted_at, body_fingerprint, new_request_id, store_value
 from lanes.settings import Settings
 from lanes.validation import EnqueueBody
 
@@ -46,84 +37,6 @@ class Accepted:
     created: bool
 
 
-class LaneFull(Exception):
-    pass
-
-
-class LanePublisher:
-    """Publishes requests into lane queues and wakes lanes; one per process."""
-
-    def __init__(self, settings: Settings, pool: ChannelPool) -> None:
-        self._settings = settings
-        self._pool = pool
-        self._names = QueueNames.of(settings)
-        self._ready_declared = False
-
-    def publish(self, user_id: str, request_id: str) -> int:
-        """Put the request at the tail of its lane; returns how many ready requests are ahead.
-
-        Raises LaneFull, or BrokerError when the message did not reach the broker's disk.
-        """
-        lane = self._names.lane(user_id)
-        message = encode({"request_id": request_id, "user_id": user_id})
-        properties = persistent_since(accepted_at(request_id))
-        with self._pool.channel() as channel:
-            # Declaring right before publishing restarts the lane's idle timer, so the
-            # broker cannot expire the lane (and our message with it) under us.
-            channel, ahead = self._declare_lane(channel, lane)
-            try:
-                channel.basic_publish("", lane, message, properties, mandatory=True)
-            except pika.exceptions.NackError:
-                raise LaneFull from None
-            except pika.exceptions.UnroutableError:
-                channel, ahead = self._declare_lane(channel, lane)
-                channel.basic_publish("", lane, message, properties, mandatory=True)
-            try:
-                self._wake(channel, user_id)
-            except (pika.exceptions.AMQPError, OSError) as error:
-                # The request is durable already; a lost wake-up is repaired by the
-                # worker's sweeper, so the client still gets its 202.
-                log.warning("waking lane failed: %r", error, extra={"user_id": user_id, "request_id": request_id})
-            return ahead
-
-    def _wake(self, channel: BlockingChannel, user_id: str) -> None:
-        """Ring the lane's bell; whoever rings an empty bell publishes the wake-up token.
-
-        The bell holds at most one message (RabbitMQ refuses a second), and a worker
-        empties it when it takes a token. So a refused ring means a token is already
-        on its way and will reach a worker that then looks at this lane; a burst of
-        enqueues adds one token, not one per request (docs/design.md §4.4).
-        """
-        bell = self._names.bell(user_id)
-        try:
-            channel.basic_publish("", bell, b"", TRANSIENT, mandatory=True)
-        except pika.exceptions.NackError:
-            return
-        except pika.exceptions.UnroutableError:
-            channel.queue_declare(bell, durable=True, arguments=bell_arguments(self._settings))
-            try:
-                channel.basic_publish("", bell, b"", TRANSIENT, mandatory=True)
-            except pika.exceptions.NackError:
-                return
-        if not self._ready_declared:
-            declare_ready_queue(channel, self._names)
-            self._ready_declared = True
-        token = encode({"user_id": user_id})
-        channel.basic_publish("", self._names.ready, token, PERSISTENT, mandatory=True)
-
-    def _declare_lane(self, channel: BlockingChannel, lane: str) -> tuple[BlockingChannel, int]:
-        """Declare the lane; returns the channel to go on with and the requests waiting in it."""
-        try:
-            declared = channel.queue_declare(lane, durable=True, arguments=lane_arguments(self._settings))
-        except pika.exceptions.ChannelClosedByBroker as error:
-            if error.reply_code != PRECONDITION_FAILED:
-                raise
-            # The lane exists with other arguments (settings changed since): use it as is.
-            channel = self._pool.reopen(channel)
-            declared = channel.queue_declare(lane, passive=True)
-        return channel, int(declared.method.message_count)
-
-
 class Enqueuer:
     def __init__(self, settings: Settings, requests: Requests, publisher: LanePublisher) -> None:
         self._settings = settings
@@ -135,63 +48,93 @@ class Enqueuer:
     ) -> Accepted:
         fingerprint = body_fingerprint(body.action, body.data)
         request_id = new_request_id()
+        message = LaneMessage(request_id, user_id, body.action, store_value(body.data), correlation_id)
+        if idempotency_key is not None:
+            earlier = self._bind_key(message, idempotency_key, fingerprint)
+            if earlier is not None:
+                return earlier
         try:
-            if idempotency_key is not None:
-                binding = self._requests.reserve_key(user_id, idempotency_key, request_id, fingerprint)
-                if binding is not None:
-                    earlier = self._requests.get(binding["request_id"])
-                    if earlier is not None:
-                        self._finish_publishing(earlier, idempotency_key)
-                        return Accepted(record=earlier, position=0, created=False)
-                    # An earlier attempt bound the key and died before storing: finish its job.
-                    request_id = binding["request_id"]
-            record = self._requests.create(request_id, user_id, body.action, body.data, fingerprint, correlation_id)
-        except DatabaseError:
-            raise self._unavailable("The database is unavailable.") from None
-        maybe_crash("after_store", self._settings.fault_crash_after_store)
-        try:
-            position = self._publisher.publish(user_id, request_id)
+            position = self._publisher.publish(message, accepted_at(request_id))
         except LaneFull:
-            self._forget(request_id, user_id, idempotency_key)
+            self._release_key(user_id, idempotency_key)
             raise TooManyRequests(
                 f"Your lane holds {self._settings.lane_depth_limit} requests already.",
                 retry_after=self._settings.retry_after_seconds,
                 code="lane_full",
             ) from None
         except BrokerError:
-            self._forget(request_id, user_id, idempotency_key)
-            raise self._unavailable("The message broker is unavailable.") from None
-        try:
-            self._requests.published(request_id)
-        except DatabaseError:
-            # The message is on the broker's disk and will run; a marker left
-            # behind only makes the sweeper publish a duplicate, which is skipped.
-            pass
+            # Not confirmed, yet it may have reached the lane: refuse the id, so that a copy
+            # that did arrive is skipped, and a 503 keeps meaning "never runs".
+            if self._refuse(request_id):
+                self._release_key(user_id, idempotency_key)
+                raise self._unavailable("The message broker is unavailable.") from None
+            position = 0  # a worker started it already: it did arrive
+        if idempotency_key is not None:
+            self._mark_published(user_id, idempotency_key)
+        maybe_crash("after_publish", self._settings.fault_crash_after_store)
+        record = self._store(message, fingerprint)
         return Accepted(record=record, position=position, created=True)
 
-    def _finish_publishing(self, record: dict[str, Any], idempotency_key: str) -> None:
-        """A retry of a request whose first attempt died before its publish was confirmed
-        publishes it now, instead of leaving it to the sweeper."""
-        if record["status"] != "queued" or not self._requests.is_unpublished(record["_id"]):
+    def _bind_key(self, message: LaneMessage, key: str, fingerprint: str) -> Accepted | None:
+        """Bind the key to this message's request; or answer with the request it is bound to.
+
+        An earlier attempt under the key that stopped before storing its record is finished
+        here: adopted if its publish was confirmed (or a worker started it), else refused
+        and replaced by this one, so the key never stands for two runs."""
+        user_id = message.user_id
+        try:
+            binding = self._requests.reserve_key(user_id, key, message.request_id, fingerprint)
+            if binding is None:
+                return None
+            earlier_id = str(binding["request_id"])
+            earlier = self._requests.get(earlier_id)
+            if earlier is None and (binding.get("published") or not self._requests.refuse(earlier_id)):
+                self._store(replace(message, request_id=earlier_id), fingerprint)
+                earlier = self._requests.get(earlier_id)
+        except DatabaseError:
+            raise self._unavailable("The database is unavailable.") from None
+        if earlier is not None:
+            return Accepted(record=earlier, position=0, created=False)
+        self._release_key(user_id, key)
+        return self._bind_key(message, key, fingerprint)
+
+    def _store(self, message: LaneMessage, fingerprint: str) -> dict[str, Any]:
+        try:
+            return self._requests.create(
+                message.request_id,
+                message.user_id,
+                message.action,
+                message.data_json,
+                fingerprint,
+                message.correlation_id,
+            )
+        except DatabaseError as error:
+            log.warning(
+                "accepted without a record (the worker's outcome will make it readable): %s",
+                error,
+                extra={"request_id": message.request_id, "user_id": message.user_id},
+            )
+            return {"_id": message.request_id, "user_id": message.user_id, "action": message.action}
+
+    def _refuse(self, request_id: str) -> bool:
+        """True when the request can no longer start; False when a worker started it already."""
+        try:
+            return self._requests.refuse(request_id)
+        except DatabaseError:
+            log.warning("could not refuse a request whose publish failed", extra={"request_id": request_id})
+            return True
+
+    def _mark_published(self, user_id: str, key: str) -> None:
+        try:
+            self._requests.mark_published(user_id, key)
+        except DatabaseError:
+            pass  # a retry under this key then refuses this id and publishes a new one
+
+    def _release_key(self, user_id: str, key: str | None) -> None:
+        if key is None:
             return
         try:
-            self._publisher.publish(record["user_id"], record["_id"])
-        except LaneFull:
-            # Refused, so not accepted after all: keep nothing the sweeper could run later.
-            self._forget(record["_id"], record["user_id"], idempotency_key)
-            raise TooManyRequests(
-                "Your lane is full.", retry_after=self._settings.retry_after_seconds, code="lane_full"
-            ) from None
-        except BrokerError:
-            raise self._unavailable("The message broker is unavailable.") from None
-        self._requests.published(record["_id"])
-
-    def _forget(self, request_id: str, user_id: str, idempotency_key: str | None) -> None:
-        """Undo the record of a request that was refused, so nothing is half-stored."""
-        try:
-            self._requests.discard(request_id)
-            if idempotency_key is not None:
-                self._requests.release_key(user_id, idempotency_key)
+            self._requests.release_key(user_id, key)
         except DatabaseError:
             pass
 

@@ -1,20 +1,22 @@
 """Request records in MongoDB and the transitions of a request's life.
 
     queued ──claim──▶ processing ──outcome──▶ done | failed
-       └──cancel (before any claim)──────────▶ cancelled
+       └──cancel (claim first)───────────────▶ cancelled
 
-Every decision that two processes could race for is an *insert* under the
-request's id, because a unique `_id` is the one atomic test-and-set that MongoDB
-and FerretDB both guarantee (FerretDB's find-and-modify is a read followed by a
-write, so two concurrent updates of one document can lose one of them):
+A request costs three writes, each an *insert* under the request's id, because a
+unique `_id` is the one atomic test-and-set that MongoDB and FerretDB both give
+(FerretDB's conditional updates read and then write, so two concurrent ones can both
+"win"; a test in tests/integration shows it):
 
-- `claims`: the worker's first start and a cancel both insert; the first wins;
-- `outcomes`: the first outcome inserted is the request's only outcome, and the
-  record's terminal fields are a copy of it;
-- `unpublished`: a marker that lives from just before the record is stored until
-  its message is confirmed by the broker, so a crash in between is found.
+- `requests`: the record, inserted once at acceptance and never updated;
+- `claims`: the first start by the lane's worker, or a cancel; the first insert wins,
+  so a request is either started or cancelled, never both;
+- `outcomes`: the first outcome inserted is the request's only one.
 
-After the claim, only the lane's worker writes to a request record.
+A record's status is derived when it is read: an outcome gives the terminal status,
+a worker's claim without an outcome means `processing`, neither means `queued`. Only
+the head of a lane can be claimed and unfinished, so a listing page needs one claim
+read, not one per item.
 """
 
 from __future__ import annotations
@@ -25,10 +27,9 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
@@ -94,6 +95,16 @@ def public_view(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Claim:
+    """Who started a request first (`worker` or `cancel`), when, and the attempts so far."""
+
+    by: str
+    at: datetime | None
+    attempts: int
+    fresh: bool  # True when this call inserted it
+
+
 class Requests:
     def __init__(self, db: Database[dict[str, Any]]) -> None:
         self._requests = db.requests
@@ -101,7 +112,6 @@ class Requests:
         self._keys = db.idempotency_keys
         self._dead_letters = db.dead_letters
         self._claims = db.claims
-        self._unpublished = db.unpublished
 
     # -- the HTTP side ------------------------------------------------------------
 
@@ -111,24 +121,17 @@ class Requests:
         request_id: str,
         user_id: str,
         action: str,
-        data: Any,
+        data_json: str,
         fingerprint: str,
         correlation_id: str | None = None,
     ) -> dict[str, Any]:
-        """Store a queued request, marked unpublished until `published` is called."""
-        created_at = now()
-        try:
-            self._unpublished.insert_one({"_id": request_id, "user_id": user_id, "created_at": created_at})
-        except DuplicateKeyError:
-            pass  # a retry finishing what a crashed attempt under the same key began
+        """Store the record of an accepted request (its message is in its lane already)."""
         record = {
             "_id": request_id,
             "user_id": user_id,
             "action": action,
-            "data_json": store_value(data),
-            "status": "queued",
-            "attempts": 0,
-            "created_at": created_at,
+            "data_json": data_json,
+            "created_at": now(),
             "fingerprint": fingerprint,
         }
         if correlation_id is not None:
@@ -140,28 +143,9 @@ class Requests:
         return record
 
     @translate_errors
-    def published(self, request_id: str) -> None:
-        self._unpublished.delete_one({"_id": request_id})
-
-    @translate_errors
-    def is_unpublished(self, request_id: str) -> bool:
-        return self._unpublished.find_one({"_id": request_id}, {"_id": 1}) is not None
-
-    @translate_errors
-    def unpublished_before(self, moment: datetime) -> list[dict[str, Any]]:
-        """Markers of requests stored before `moment` whose message was never confirmed."""
-        return list(self._unpublished.find({"created_at": {"$lt": moment}}))
-
-    @translate_errors
-    def discard(self, request_id: str) -> None:
-        """Remove a record that was never accepted (its publish was refused)."""
-        self._requests.delete_one({"_id": request_id})
-        self._unpublished.delete_one({"_id": request_id})
-
-    @translate_errors
     def reserve_key(self, user_id: str, key: str, request_id: str, fingerprint: str) -> dict[str, Any] | None:
         """Bind an Idempotency-Key to a request id; None when bound now, else the earlier binding."""
-        key_id = hashlib.sha256(f"{user_id}\x00{key}".encode()).hexdigest()
+        key_id = _key_id(user_id, key)
         try:
             self._keys.insert_one(
                 {"_id": key_id, "request_id": request_id, "fingerprint": fingerprint, "created_at": now()}
@@ -177,12 +161,21 @@ class Requests:
 
     @translate_errors
     def release_key(self, user_id: str, key: str) -> None:
-        key_id = hashlib.sha256(f"{user_id}\x00{key}".encode()).hexdigest()
-        self._keys.delete_one({"_id": key_id})
+        self._keys.delete_one({"_id": _key_id(user_id, key)})
 
     @translate_errors
     def get(self, request_id: str) -> dict[str, Any] | None:
-        return self._requests.find_one({"_id": request_id})
+        """A request as the API shows it: its record with the status derived from its claim
+        and outcome. A request whose worker recorded an outcome before its record was
+        stored (the enqueue died in between) is shown from the outcome alone."""
+        record = self._requests.find_one({"_id": request_id})
+        outcome = self._outcomes.find_one({"_id": request_id})
+        if record is None:
+            if outcome is None:
+                return None
+            record = _record_from_outcome(outcome)
+        claim = None if outcome is not None else self._claims.find_one({"_id": request_id})
+        return _derive(record, claim, outcome)
 
     def get_owned(self, request_id: str | None, user_id: str) -> dict[str, Any]:
         """A user's own request; another user's is as absent as a missing one."""
@@ -193,12 +186,26 @@ class Requests:
 
     @translate_errors
     def list_owned(self, user_id: str, status: str | None, limit: int, after: str | None) -> list[dict[str, Any]]:
+        """A user's requests oldest first, with derived statuses; at most `limit` of `status`."""
         query: dict[str, Any] = {"user_id": user_id}
-        if status:
-            query["status"] = status
         if after:
             query["_id"] = {"$gt": after}
-        return list(self._requests.find(query).sort("_id", 1).limit(limit))
+        listed: list[dict[str, Any]] = []
+        claimed_head_seen = False
+        for record in self._requests.find(query).sort("_id", 1):
+            outcome = self._outcomes.find_one({"_id": record["_id"]})
+            claim = None
+            if outcome is None and not claimed_head_seen:
+                # Only the oldest unfinished request of a lane can be running, so one claim
+                # read per page (past a cancel that has not recorded its outcome yet).
+                claim = self._claims.find_one({"_id": record["_id"]})
+                claimed_head_seen = claim is None or claim.get("by") == "worker"
+            derived = _derive(record, claim, outcome)
+            if status is None or derived["status"] == status:
+                listed.append(derived)
+                if len(listed) >= limit:
+                    break
+        return listed
 
     @translate_errors
     def cancel(self, request_id: str | None, user_id: str) -> dict[str, Any]:
@@ -206,68 +213,84 @@ class Requests:
         record = self.get_owned(request_id, user_id)
         if record["status"] in TERMINAL:
             raise Conflict(f"The request is already {record['status']}.", code="not_cancellable")
-        if self._claim_for(record["_id"], "cancel") != "cancel":
+        if self._claim_for(record["_id"], "cancel").by != "cancel":
             raise Conflict("The request has already started.", code="not_cancellable")
-        return self.finish(record["_id"], Outcome(status="cancelled"), attempts=record.get("attempts", 0))
+        self.finish(record["_id"], record["user_id"], Outcome(status="cancelled"), attempts=record["attempts"])
+        return self.get_owned(record["_id"], user_id)
 
-    def _claim_for(self, request_id: str, claimant: str) -> str:
-        """Insert a claim for `claimant`; returns whoever holds the request's claim."""
+    @translate_errors
+    def mark_published(self, user_id: str, key: str) -> None:
+        """The request bound to this key is in its lane (its publish was confirmed)."""
+        self._keys.update_one({"_id": _key_id(user_id, key)}, {"$set": {"published": True}})
+
+    @translate_errors
+    def refuse(self, request_id: str) -> bool:
+        """Make sure a request whose acceptance failed never starts, should its message arrive.
+        False when a worker started it first (then it did arrive, and runs)."""
         try:
-            self._claims.insert_one({"_id": request_id, "by": claimant, "at": now()})
-            return claimant
+            self._claims.insert_one({"_id": request_id, "by": "refused", "at": now(), "attempts": 0})
+        except DuplicateKeyError:
+            existing = self._claims.find_one({"_id": request_id}) or {}
+            return existing.get("by") != "worker"
+        return True
+
+    def _claim_for(self, request_id: str, claimant: str) -> Claim:
+        """Insert a claim for `claimant`; returns the request's claim, whoever holds it."""
+        at = now()
+        try:
+            self._claims.insert_one({"_id": request_id, "by": claimant, "at": at, "attempts": 1})
+            return Claim(by=claimant, at=at, attempts=1, fresh=True)
         except DuplicateKeyError:
             existing = self._claims.find_one({"_id": request_id})
-        return str(existing["by"]) if existing else claimant
+        if existing is None:  # removed in between (cannot happen while the request is open)
+            return self._claim_for(request_id, claimant)
+        attempts = int(existing.get("attempts", 1))
+        return Claim(by=str(existing["by"]), at=existing.get("at"), attempts=attempts, fresh=False)
 
     # -- the worker side ----------------------------------------------------------
 
     @translate_errors
-    def claim(self, request_id: str) -> dict[str, Any] | None:
-        """Start an attempt by the lane's worker; None when a cancel claimed the request first."""
-        if self._claim_for(request_id, "worker") != "worker":
-            return None
-        return self._requests.find_one_and_update(
-            {"_id": request_id},
-            {"$set": {"status": "processing"}, "$inc": {"attempts": 1}, "$min": {"started_at": now()}},
-            return_document=ReturnDocument.AFTER,
-        )
+    def claim(self, request_id: str) -> Claim:
+        """Start the request's first attempt, or find who started it before (a cancel, or a
+        holder that died: then `fresh` is False and `attempts` counts its attempts)."""
+        return self._claim_for(request_id, "worker")
 
     @translate_errors
-    def pending_records(self) -> list[dict[str, Any]]:
-        """Every queued or processing record, oldest first, with what the sweeper needs."""
-        projection = {"user_id": 1}
-        return list(self._requests.find({"status": {"$in": list(PENDING)}}, projection).sort("_id", 1))
+    def count_attempt(self, request_id: str, attempts: int) -> None:
+        """A further attempt begins. Only the lane's holder writes a started claim."""
+        self._claims.update_one({"_id": request_id}, {"$set": {"attempts": attempts}})
 
     @translate_errors
     def recorded_outcome(self, request_id: str) -> dict[str, Any] | None:
         return self._outcomes.find_one({"_id": request_id})
 
     @translate_errors
-    def finish(self, request_id: str, outcome: Outcome, attempts: int) -> dict[str, Any]:
-        """Record the one outcome of a request (the first writer wins) and apply it to the record."""
+    def finish(
+        self,
+        request_id: str,
+        user_id: str,
+        outcome: Outcome,
+        attempts: int,
+        action: str | None = None,
+        started_at: datetime | None = None,
+    ) -> dict[str, Any]:
+        """Record the one outcome of a request; the first writer wins and its outcome is returned."""
         document = {
             "_id": request_id,
+            "user_id": user_id,
+            "action": action,
             "status": outcome.status,
             "result_json": store_value(outcome.result),
             "error": outcome.error,
             "attempts": attempts,
+            "started_at": started_at,
             "finished_at": now(),
         }
         try:
             self._outcomes.insert_one(document)
         except DuplicateKeyError:
             document = self._outcomes.find_one({"_id": request_id}) or document
-        return self.apply_outcome(document)
-
-    @translate_errors
-    def apply_outcome(self, outcome: dict[str, Any]) -> dict[str, Any]:
-        fields = {k: outcome[k] for k in ("status", "result_json", "error", "attempts", "finished_at")}
-        updated = self._requests.find_one_and_update(
-            {"_id": outcome["_id"]}, {"$set": fields}, return_document=ReturnDocument.AFTER
-        )
-        if updated is None:
-            raise NotFound("No such request.")
-        return updated
+        return document
 
     @translate_errors
     def dead_letters(self, limit: int) -> list[dict[str, Any]]:
@@ -279,20 +302,55 @@ class Requests:
 
     @translate_errors
     def mark_requeued(self, request_id: str, new_request_id: str) -> None:
-        self._dead_letters.find_one_and_update(
+        self._dead_letters.update_one(
             {"_id": request_id}, {"$push": {"requeued_as": new_request_id}, "$set": {"requeued_at": now()}}
         )
 
     @translate_errors
-    def record_dead_letter(self, record: dict[str, Any], error: str) -> None:
+    def record_dead_letter(self, record: dict[str, Any], error: str, attempts: int) -> None:
         document = {
             "_id": record["_id"],
             "user_id": record["user_id"],
             "action": record["action"],
             "data_json": record.get("data_json"),
             "error": error,
-            "attempts": record.get("attempts", 0),
+            "attempts": attempts,
             "failed_at": now(),
         }
         with contextlib.suppress(DuplicateKeyError):
             self._dead_letters.insert_one(document)
+
+
+def _key_id(user_id: str, key: str) -> str:
+    return hashlib.sha256(f"{user_id}\x00{key}".encode()).hexdigest()
+
+
+def _derive(record: dict[str, Any], claim: dict[str, Any] | None, outcome: dict[str, Any] | None) -> dict[str, Any]:
+    """The record with its status, attempts and times as its claim and outcome say."""
+    derived = dict(record)
+    if outcome is not None:
+        derived.update(
+            status=outcome["status"],
+            result_json=outcome.get("result_json"),
+            error=outcome.get("error"),
+            attempts=outcome.get("attempts", 0),
+            started_at=outcome.get("started_at"),
+            finished_at=outcome.get("finished_at"),
+        )
+    elif claim is not None and claim.get("by") == "worker":
+        derived.update(status="processing", attempts=claim.get("attempts", 1), started_at=claim.get("at"))
+    elif claim is not None:  # a cancel that claimed it and died before recording the outcome
+        derived.update(status="cancelled", attempts=0)
+    else:
+        derived.update(status="queued", attempts=0)
+    return derived
+
+
+def _record_from_outcome(outcome: dict[str, Any]) -> dict[str, Any]:
+    created_at = datetime.fromtimestamp(accepted_at(outcome["_id"]), UTC)
+    return {
+        "_id": outcome["_id"],
+        "user_id": outcome.get("user_id"),
+        "action": outcome.get("action"),
+        "created_at": created_at,
+    }

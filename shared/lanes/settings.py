@@ -56,6 +56,9 @@ class Settings:
     login_window_seconds: int = 900
     login_lock_max_seconds: int = 900
     trusted_proxy_hops: int = 1
+    # How long a process trusts its last look at a token's user and revocation (0 = never):
+    # a token revoked elsewhere keeps working in that process for at most this long.
+    auth_cache_seconds: float = 5.0
 
     # Test-only fault injection, inert unless set: the probability that the enqueue
     # function's process dies between storing a request and publishing it.
@@ -113,6 +116,8 @@ class Settings:
             raise ConfigError("METRICS_PORT must be a port (0 = off) and METRICS_CACHE_SECONDS not negative")
         if self.sleep_max_ms < 0 or self.retry_backoff_seconds < 0 or self.trusted_proxy_hops < 0:
             raise ConfigError("SLEEP_MAX_MS, RETRY_BACKOFF_SECONDS and TRUSTED_PROXY_HOPS must not be negative")
+        if not 0 <= self.auth_cache_seconds <= 60:
+            raise ConfigError("AUTH_CACHE_SECONDS must be between 0 and 60")
         if self.jwt_secret:
             if self.jwt_secret.lower() in PLACEHOLDER_SECRETS:
                 raise ConfigError("JWT_SECRET is a placeholder; generate a real secret")

@@ -34,26 +34,57 @@ def _channel(vhost: str) -> tuple[pika.BlockingConnection, Any]:
     return connection, channel
 
 
+def _hold(channel: Any, exclusive: bool) -> list[tuple[int, bytes]]:
+    """Consume the lane as a holder does (one unacknowledged message); deliveries land in the list."""
+    deliveries: list[tuple[int, bytes]] = []
+    channel.basic_qos(prefetch_count=1)
+    channel.basic_consume(
+        "lane", lambda _c, method, _p, body: deliveries.append((method.delivery_tag, body)), exclusive=exclusive
+    )
+    return deliveries
+
+
+def _next(connection: pika.BlockingConnection, deliveries: list[tuple[int, bytes]]) -> tuple[int, bytes]:
+    wait_until(lambda: connection.process_data_events(0.1) or deliveries, timeout=10, what="a delivery")
+    return deliveries.pop(0)
+
+
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 def test_a_requeued_or_abandoned_head_comes_back_first(vhost: str, queue_type: str) -> None:
-    # Given a lane declared as Lanes declares it, holding A, B, C
+    # Given a lane declared as Lanes declares it, holding A, B, C, and a holder consuming it
     arguments = lane_arguments(Settings.from_env({"QUEUE_TYPE": queue_type}))
+    exclusive = queue_type == "classic"
     connection, channel = _channel(vhost)
     channel.queue_declare("lane", durable=True, arguments=arguments)
     for body in (b"A", b"B", b"C"):
         channel.basic_publish("", "lane", body, mandatory=True)
+    deliveries = _hold(channel, exclusive)
 
     # When the holder nacks the head back (what the worker does on a database error)
-    method, _, body = channel.basic_get("lane")
-    channel.basic_nack(method.delivery_tag, requeue=True)
-    # Then A is still the head
-    method, _, body = channel.basic_get("lane")
+    tag, body = _next(connection, deliveries)
     assert body == b"A"
+    channel.basic_nack(tag, requeue=True)
+    # Then A is still the head
+    _, body = _next(connection, deliveries)
+    assert body == b"A"
+
+    # And while the holder lives nobody else gets the lane: on a classic lane a second
+    # exclusive consumer is refused; on a quorum lane (single active consumer) it is
+    # accepted but receives nothing
+    other_connection, other_channel = _channel(vhost)
+    if exclusive:
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+            _hold(other_channel, exclusive)
+    else:
+        standby = _hold(other_channel, exclusive)
+        other_connection.process_data_events(0.5)
+        assert standby == [], "a second consumer of a quorum lane must stay inactive"
+    other_connection.close()
 
     # And when the holder dies with A unacknowledged, the next holder sees A first
     connection.close()
     connection, channel = _channel(vhost)
-    _, _, body = channel.basic_get("lane")
+    _, body = _next(connection, _hold(channel, exclusive))
     assert body == b"A"
     connection.close()
 

@@ -12,9 +12,11 @@ import pytest
 from lanes.broker import ChannelPool, QueueNames, lane_arguments, open_connection
 from lanes.db import connect
 from lanes.lanestats import LaneStats, Snapshot
-from lanes.queueing import LanePublisher
-from lanes.requests import Requests, body_fingerprint, new_request_id
+from lanes.protocol import LanePublisher
+from lanes.queueing import Enqueuer
+from lanes.requests import Requests
 from lanes.settings import Settings
+from lanes.validation import EnqueueBody
 from tests.support import management_api, wait_until
 
 
@@ -36,10 +38,9 @@ def settings(running_services: None) -> Iterator[Settings]:
 
 
 def enqueue(settings: Settings, requests: Requests, publisher: LanePublisher, user_id: str, count: int) -> None:
+    enqueuer = Enqueuer(settings, requests, publisher)
     for _ in range(count):
-        request_id = new_request_id()
-        requests.create(request_id, user_id, "echo", None, body_fingerprint("echo", None))
-        publisher.publish(user_id, request_id)
+        enqueuer.enqueue(user_id, EnqueueBody(action="echo", data=None), None)
 
 
 def test_lane_gauges_count_lanes_backlog_depths_and_listening_slots(settings: Settings) -> None:

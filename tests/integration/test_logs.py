@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -91,5 +92,6 @@ def exercise(base: Api) -> tuple[list[str], str]:
     assert response.status_code == 400
     assert Api(base.base_url, token + "x").call("GET", "/requests").status_code == 401
     assert user.call("POST", "/logout").status_code == 204
+    time.sleep(1.2)  # AUTH_CACHE_SECONDS=1 in the test stack
     assert user.call("GET", "/requests").status_code == 401
     return [username, password, token], correlation_id

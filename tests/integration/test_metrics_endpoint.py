@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -60,6 +61,7 @@ def test_the_base_url_shows_every_function_and_the_worker_without_naming_users(a
     assert total(samples, "lanes_broker_up") == 1 and total(samples, "lanes_database_up") == 1
 
     # And no label names a user or a request, whatever the metric
+    time.sleep(1.2)  # AUTH_CACHE_SECONDS=1 in the test stack
     user_id = user.call("GET", f"/requests/{request_id}").status_code  # the token is revoked: 401
     assert user_id == 401
     values = {value for found in samples.values() for labels, _ in found for value in labels.values()}

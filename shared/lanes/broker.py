@@ -14,6 +14,7 @@ worker slot owns its own `Session`.
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 import time
@@ -107,6 +108,7 @@ class Delivery:
 
     tag: int
     body: bytes
+    place: int = 0  # which of a slot's lane channels it came on
 
 
 def connection_parameters(settings: Settings) -> pika.URLParameters:
@@ -322,8 +324,12 @@ def _close_quietly(connection: pika.BlockingConnection) -> None:
 
 
 class Session:
-    """One worker slot's connection: a channel that takes wake-up tokens and a channel
-    that holds lanes, with every delivery buffered until the slot asks for it.
+    """One worker slot's connection: a channel that takes wake-up tokens, a control channel
+    (tokens out, bells, counts), and one channel per lane the slot holds, with every
+    delivery buffered until the slot asks for it.
+
+    A lane has a channel of its own because a refused exclusive consume closes the
+    channel it was tried on, and with it every other consumer of that channel.
 
     Nothing here polls: `wait` blocks in pika's I/O loop until a frame arrives, the
     time is up, or another thread calls `wake` (a handler that finished)."""
@@ -334,78 +340,90 @@ class Session:
         self.tokens: deque[Delivery] = deque()
         self.lane_deliveries: deque[Delivery] = deque()
         self.channel = Channel(self._connection)
-        self._token_channel: BlockingChannel | None = None
-        self._consumer_tag: str | None = None
+        self._lanes: dict[int, BlockingChannel] = {}
+        self._consumers: dict[int, str] = {}
         with self.channel._translated():
             self._token_channel = self._connection.channel()
             self._token_channel.queue_declare(names.ready, durable=True, arguments=ready_arguments(names))
 
     # -- tokens -------------------------------------------------------------------
 
-    def listen_for_tokens(self, prefetch: int = 1) -> None:
-        assert self._token_channel is not None
+    def listen_for_tokens(self, prefetch: int) -> None:
+        """Take up to `prefetch` tokens at a time: as many lanes as the slot may hold."""
         with self.channel._translated():
             self._token_channel.basic_qos(prefetch_count=prefetch)
             self._token_channel.basic_consume(self._names.ready, self._on_token)
 
     def stop_listening_for_tokens(self) -> None:
         """Cancel the token consumer; tokens delivered but not yet taken go back to the queue."""
-        assert self._token_channel is not None
         with self.channel._translated():
-            if self._token_channel.consumer_tags:
-                self._token_channel.basic_cancel(self._token_channel.consumer_tags[0])
+            for tag in list(self._token_channel.consumer_tags):
+                self._token_channel.basic_cancel(tag)
             while self.tokens:
                 self._token_channel.basic_nack(self.tokens.popleft().tag, requeue=True)
 
     def ack_token(self, token: Delivery) -> None:
-        assert self._token_channel is not None
         with self.channel._translated():
             self._token_channel.basic_ack(token.tag)
 
     def _on_token(self, _channel: Any, method: Any, _properties: Any, body: bytes) -> None:
         self.tokens.append(Delivery(method.delivery_tag, body))
 
-    # -- holding a lane ---------------------------------------------------------------
+    # -- holding lanes -------------------------------------------------------------
 
-    def hold(self, lane: str, exclusive: bool) -> None:
-        """Consume the lane, one unacknowledged message at a time.
+    def hold(self, place: int, lane: str, exclusive: bool) -> None:
+        """Consume the lane on channel `place`, one unacknowledged message at a time.
 
         `exclusive`: the broker refuses a second consumer (QueueInUse). Without it
         (quorum lanes, single active consumer) a second consumer is accepted but
         receives nothing while the first lives."""
-        channel = self.channel
-        with channel._translated():
-            channel.raw.basic_qos(prefetch_count=1)
-            self._consumer_tag = channel.raw.basic_consume(lane, self._on_lane_message, exclusive=exclusive)
+        with self._lane_translated(place):
+            channel = self._lane_channel(place)
+            self._consumers[place] = channel.basic_consume(
+                lane, functools.partial(self._on_lane_message, place), exclusive=exclusive
+            )
 
-    def release(self) -> None:
-        """Stop consuming the held lane; a message delivered but not run goes back to its head."""
-        channel = self.channel
-        with channel._translated():
-            if self._consumer_tag is not None:
-                channel.raw.basic_cancel(self._consumer_tag)
-                self._consumer_tag = None
-            while self.lane_deliveries:
-                channel.raw.basic_nack(self.lane_deliveries.popleft().tag, requeue=True)
-
-    def fence(self) -> None:
-        """A round trip through the lane channel itself: a delivery the broker sent before
-        this call is buffered when it returns (the channel forwards messages in order)."""
-        with self.channel._translated():
-            self.channel.raw.basic_qos(prefetch_count=1)
-            self._connection.process_data_events(time_limit=0)
+    def release(self, place: int) -> None:
+        """Stop consuming the lane held on `place`; a message delivered but not run goes back
+        to the head of its lane."""
+        with self._lane_translated(place):
+            channel = self._lane_channel(place)
+            tag = self._consumers.pop(place, None)
+            if tag is not None:
+                channel.basic_cancel(tag)
+            for delivery in [d for d in self.lane_deliveries if d.place == place]:
+                self.lane_deliveries.remove(delivery)
+                channel.basic_nack(delivery.tag, requeue=True)
 
     def ack(self, delivery: Delivery) -> None:
-        with self.channel._translated():
-            self.channel.raw.basic_ack(delivery.tag)
+        with self._lane_translated(delivery.place):
+            self._lane_channel(delivery.place).basic_ack(delivery.tag)
 
     def nack(self, delivery: Delivery) -> None:
         """Put a message back at the head of its lane."""
-        with self.channel._translated():
-            self.channel.raw.basic_nack(delivery.tag, requeue=True)
+        with self._lane_translated(delivery.place):
+            self._lane_channel(delivery.place).basic_nack(delivery.tag, requeue=True)
 
-    def _on_lane_message(self, _channel: Any, method: Any, _properties: Any, body: bytes) -> None:
-        self.lane_deliveries.append(Delivery(method.delivery_tag, body))
+    def _lane_channel(self, place: int) -> BlockingChannel:
+        channel = self._lanes.get(place)
+        if channel is None or not channel.is_open:
+            channel = self._connection.channel()
+            channel.basic_qos(prefetch_count=1)
+            self._lanes[place] = channel
+        return channel
+
+    @contextmanager
+    def _lane_translated(self, place: int) -> Iterator[None]:
+        try:
+            with self.channel._translated():
+                yield
+        except (QueueMissing, QueueInUse, ArgumentsDiffer):
+            self._lanes.pop(place, None)  # the broker closed that channel
+            self._consumers.pop(place, None)
+            raise
+
+    def _on_lane_message(self, place: int, _channel: Any, method: Any, _properties: Any, body: bytes) -> None:
+        self.lane_deliveries.append(Delivery(method.delivery_tag, body, place))
 
     # -- the I/O loop -------------------------------------------------------------------
 

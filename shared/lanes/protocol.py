@@ -22,14 +22,15 @@ process (for quorum lanes, one Raft command), so no other slot can read past it.
 from __future__ import annotations
 
 import logging
-import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lanes.broker import (
     Channel,
     ChannelPool,
+    Counts,
     Delivery,
     QueueInUse,
     QueueMissing,
@@ -47,8 +48,14 @@ from lanes.settings import Settings
 
 log = logging.getLogger("lanes.protocol")
 
-# How long a holder waits for a message the broker said is on its way before it looks again.
-DELIVERY_WAIT_SECONDS = 1.0
+# Lanes whose last declaration a process remembers (a few MB at most).
+MAX_REMEMBERED_LANES = 100_000
+
+# How long a full slot keeps a lane that ran dry.
+FULL_SLOT_LINGER_SECONDS = 0.05
+
+# How often a slot with held lanes looks for lanes to let go, at the longest.
+IDLE_CHECK_SECONDS = 0.5
 
 
 class LaneFull(Exception):
@@ -93,6 +100,16 @@ def token_body(user_id: str) -> bytes:
     return encode({"user_id": user_id})
 
 
+def send_token(channel: Channel, names: QueueNames, user_id: str) -> None:
+    """Publish a lane's wake-up token to the back of the ready queue.
+
+    Transient, like the bell's ring: a persistent message costs the broker about 2.5x
+    the CPU of a transient one (0.72 against 0.28 ms, measured), and a token is a hint.
+    A broker restart drops tokens and rings together, which leaves every bell silent:
+    new enqueues wake their lanes, and the sweeper wakes lanes holding older work."""
+    channel.publish(names.ready, token_body(user_id), persistent=False)
+
+
 def token_owner(body: bytes) -> str:
     """The user whose lane a token wakes; ValueError for a malformed token."""
     try:
@@ -125,6 +142,7 @@ class LanePublisher:
         self._pool = pool
         self._names = QueueNames.of(settings)
         self._ready_declared = False
+        self._declared: dict[str, float] = {}  # lane -> when this process last declared it
 
     def publish(self, message: LaneMessage, accepted_at: float) -> int:
         """Put the request at the tail of its lane, durably; returns how many wait ahead of it.
@@ -135,21 +153,38 @@ class LanePublisher:
         """
         lane = self._names.lane(message.user_id)
         with self._pool.channel() as channel:
-            # Declaring right before publishing restarts the lane's idle timer, so the
-            # broker cannot expire the lane (and our message with it) under us.
-            ahead = channel.declare(lane, lane_arguments(self._settings)).ready
+            if self._needs_declaring(lane):
+                # Declaring restarts the lane's idle timer, so the broker cannot expire the
+                # lane (and our message with it) under us; a declaration this process made
+                # less than half an idle period ago still guarantees that.
+                self._declare(channel, lane)
             try:
                 channel.publish(lane, message.body(), timestamp=accepted_at)
             except Refused:
                 raise LaneFull from None
-            except QueueMissing:  # deleted by hand between the two calls
-                ahead = channel.declare(lane, lane_arguments(self._settings)).ready
+            except QueueMissing:  # expired or deleted since this process declared it
+                self._declare(channel, lane)
                 channel.publish(lane, message.body(), timestamp=accepted_at)
-            try:
-                self.wake(channel, message.user_id)
-            except BrokerError as error:
-                log.warning("waking lane failed: %r", error, extra={"user_id": message.user_id})
-            return ahead
+            after = self._declare(channel, lane)
+            if after.consumers == 0:
+                # Nobody holds the lane now, after our message is in it. A holder seen here
+                # looks at the lane when it lets go (or runs our message before).
+                try:
+                    self.wake(channel, message.user_id)
+                except BrokerError as error:
+                    log.warning("waking lane failed: %r", error, extra={"user_id": message.user_id})
+            return max(0, after.ready - 1)
+
+    def _needs_declaring(self, lane: str) -> bool:
+        declared = self._declared.get(lane)
+        return declared is None or time.monotonic() - declared > self._settings.lane_idle_seconds / 2
+
+    def _declare(self, channel: Channel, lane: str) -> Counts:
+        counts = channel.declare(lane, lane_arguments(self._settings))
+        if len(self._declared) >= MAX_REMEMBERED_LANES:
+            self._declared.clear()
+        self._declared[lane] = time.monotonic()
+        return counts
 
     def wake(self, channel: Channel, user_id: str) -> None:
         """Ring the bell and, if it was silent, send the lane's token.
@@ -163,7 +198,7 @@ class LanePublisher:
             if not self._ready_declared:
                 channel.declare(self._names.ready, ready_arguments(self._names))
                 self._ready_declared = True
-            channel.publish(self._names.ready, token_body(user_id))
+            send_token(channel, self._names, user_id)
         except BrokerError:
             try:
                 channel.purge(self._names.bell(user_id))
@@ -173,62 +208,146 @@ class LanePublisher:
 
 
 @dataclass
-class Turn:
-    """What a holder knows about its lane while it holds it."""
+class HeldLane:
+    """A lane a slot holds: its consumer's channel, the token that woke it, its turn so far."""
 
     user_id: str
-    expected: int = 0  # messages the broker said are ready and will be delivered to us
-    run: int = 0  # requests run since the turn began or was renewed
+    place: int
+    token: Delivery
+    run: int = 0  # requests run since the hold began or was renewed
+    idle_since: float = field(default_factory=time.monotonic)
 
 
 class LaneHolder:
-    """The worker side: one slot's way of holding lanes, one lane at a time."""
+    """The worker side: one slot's lanes, up to LANES_PER_SLOT at a time.
 
-    def __init__(self, session: Session, settings: Settings, names: QueueNames, stop: threading.Event) -> None:
+    Each held lane has one consumer with one unacknowledged message, so the slot's
+    deliveries come one per lane, and taking them oldest first runs the held lanes
+    round-robin. A lane that runs dry is kept for LANE_LINGER_SECONDS (an enqueue
+    into a held lane is delivered straight to its holder, with no token), or only
+    FULL_SLOT_LINGER_SECONDS when the slot is full and other lanes may be waiting."""
+
+    def __init__(
+        self,
+        session: Session,
+        settings: Settings,
+        names: QueueNames,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._session = session
         self._settings = settings
         self._names = names
-        self._stop = stop
+        self._clock = clock
+        self._exclusive = names.queue_type == "classic"
+        self._held: dict[int, HeldLane] = {}
 
-    def take_turn(self, user_id: str, run_request: Callable[[LaneMessage], None]) -> None:
-        """Hold the lane of a token just taken, run its requests in order, then let it go.
-
-        `run_request` returns once the request is settled (its outcome recorded), or raises
-        HandBack to put it back at the head of the lane; any other exception puts it back
-        too and propagates (the slot then drops its connection)."""
-        lane = self._names.lane(user_id)
-        exclusive = self._names.queue_type == "classic"
+    def take(self, token: Delivery) -> None:
+        """Hold the lane a token wakes; its token is acknowledged when the lane is let go."""
+        session = self._session
         try:
-            if not exclusive and self._session.channel.counts(lane).consumers > 0:
+            user_id = token_owner(token.body)
+        except ValueError:
+            log.warning("dropping a malformed token %r", token.body[:100])
+            session.ack_token(token)
+            return
+        if any(held.user_id == user_id for held in self._held.values()):
+            session.ack_token(token)  # a spare token of a lane held here
+            return
+        place = next(i for i in range(len(self._held) + 1) if i not in self._held)
+        lane = self._names.lane(user_id)
+        try:
+            if not self._exclusive and session.channel.counts(lane).consumers > 0:
                 # A quorum lane admits a second consumer (inactive): not joining is what keeps
                 # a standby from taking over ahead of the head a dying holder returns.
+                session.ack_token(token)
                 return
-            self._session.hold(lane, exclusive=exclusive)
+            session.hold(place, lane, exclusive=self._exclusive)
         except QueueInUse:
-            return  # another slot holds the lane and looks at it again when it lets go
-        except QueueMissing:
-            self._let_go(user_id, more=False)  # expired empty: silence its bell
+            session.ack_token(token)  # its holder looks at the lane when it lets go
             return
-        turn = Turn(user_id)
-        more = False
-        while not self._stop.is_set():
-            try:
-                delivery = self._next(lane, turn)
-            except HeldElsewhere:
-                self._session.release()  # the active consumer runs the lane and lets it go
-                return
-            if delivery is None:
-                break
-            if not self._run(delivery, run_request):
-                more = True  # handed back at the head
-                break
-            turn.run += 1
-            if turn.run >= self._settings.lane_quantum:
-                if self._others_waiting():
-                    more = True
-                    break
-                turn.run = 0  # nobody waits: keep the lane, no token round trip
-        self._let_go(user_id, more=more or bool(self._session.lane_deliveries) or turn.expected > 0)
+        except QueueMissing:
+            self._silence_or_ring(user_id)  # expired empty
+            session.ack_token(token)
+            return
+        self._held[place] = HeldLane(user_id, place, token, idle_since=self._clock())
+
+    def next_delivery(self) -> Delivery | None:
+        """The oldest delivery of any held lane."""
+        deliveries = self._session.lane_deliveries
+        return deliveries.popleft() if deliveries else None
+
+    def run(self, delivery: Delivery, run_request: Callable[[LaneMessage], None]) -> None:
+        """Run one delivery and acknowledge it; let its lane go when its quantum is up and
+        another lane waits, or when the request was handed back."""
+        held = self._held[delivery.place]
+        handed_back = not self._run(delivery, run_request)
+        held.idle_since = self._clock()
+        held.run += 1
+        if handed_back:
+            self.let_go(held, more=True)
+        elif held.run >= self._settings.lane_quantum:
+            if self._others_waiting():
+                self.let_go(held, more=True)
+            else:
+                held.run = 0  # nobody waits: keep the lane, no token round trip
+
+    def let_go_idle(self) -> float:
+        """Let go of lanes that have nothing to run; returns how long until the next may be."""
+        now = self._clock()
+        full = len(self._held) >= self._settings.lanes_per_slot
+        # Full, a slot keeps a quiet lane only long enough for a next message already on its
+        # way (delivered after the last ack) to arrive: letting go then would send it back.
+        linger = (
+            min(FULL_SLOT_LINGER_SECONDS, self._settings.lane_linger_seconds)
+            if full
+            else self._settings.lane_linger_seconds
+        )
+        busy = {delivery.place for delivery in self._session.lane_deliveries}
+        next_check = IDLE_CHECK_SECONDS
+        for held in list(self._held.values()):
+            if held.place in busy:
+                continue
+            left = held.idle_since + linger - now
+            if left > 0:
+                next_check = min(next_check, left)
+                continue
+            self.let_go(held, more=False)
+        return next_check
+
+    def let_go_all(self) -> None:
+        for held in list(self._held.values()):
+            self.let_go(held, more=False)
+
+    def let_go(self, held: HeldLane, more: bool) -> None:
+        """Stop holding the lane and leave it so that exactly one token stands for its work.
+
+        `more`: the lane is known to hold work: its token goes to the back of the ready
+        queue and the bell stays rung. Otherwise the bell is silenced and the lane looked
+        at once more, which is right whatever the lane holds."""
+        session = self._session
+        session.release(held.place)
+        if more:
+            send_token(session.channel, self._names, held.user_id)
+        else:
+            self._silence_or_ring(held.user_id)
+        session.ack_token(held.token)
+        del self._held[held.place]
+
+    def _silence_or_ring(self, user_id: str) -> None:
+        """Silence the lane's bell, then look: work that arrived meanwhile gets a token."""
+        channel, names = self._session.channel, self._names
+        try:
+            channel.purge(names.bell(user_id))
+        except QueueMissing:
+            pass
+        # Silenced first, looked at second: an enqueue whose ring was refused before the
+        # purge published its request before ringing, so this look sees it.
+        try:
+            waiting = channel.counts(names.lane(user_id)).ready
+        except QueueMissing:
+            waiting = 0
+        if waiting and ring(channel, names, self._settings, user_id):
+            send_token(channel, names, user_id)
 
     def _run(self, delivery: Delivery, run_request: Callable[[LaneMessage], None]) -> bool:
         """Run one delivery; False when it was handed back to the head of the lane."""
@@ -252,54 +371,8 @@ class LaneHolder:
         self._session.ack(delivery)
         return True
 
-    def _next(self, lane: str, turn: Turn) -> Delivery | None:
-        """The lane's next message, or None when the lane is empty (or held by another)."""
-        session = self._session
-        if not session.lane_deliveries and turn.expected > 0:
-            session.wait(DELIVERY_WAIT_SECONDS, lambda: bool(session.lane_deliveries))
-        if not session.lane_deliveries:
-            # Ask the lane itself: its queue process answers after delivering what it had
-            # for us, and the fence flushes our channel, so nothing is still on its way.
-            turn.expected = session.channel.counts(lane).ready
-            session.fence()
-            if not session.lane_deliveries and turn.expected > 0:
-                session.wait(DELIVERY_WAIT_SECONDS, lambda: bool(session.lane_deliveries))
-                if not session.lane_deliveries:
-                    # Work that is not delivered to us: another consumer is active
-                    # (a quorum lane's single active consumer); it runs the lane.
-                    raise HeldElsewhere
-        if not session.lane_deliveries:
-            return None
-        turn.expected = max(0, turn.expected - 1)
-        return session.lane_deliveries.popleft()
-
     def _others_waiting(self) -> bool:
         return self._session.channel.counts(self._names.ready).ready > 0
-
-    def _let_go(self, user_id: str, more: bool) -> None:
-        """Stop holding the lane and leave it so that exactly one token stands for its work."""
-        session, names = self._session, self._names
-        session.release()
-        if more:
-            # The bell stays rung: this token is the one it announces.
-            session.channel.publish(names.ready, token_body(user_id))
-            return
-        try:
-            session.channel.purge(names.bell(user_id))
-        except QueueMissing:
-            pass
-        # Silenced first, looked at second: an enqueue whose ring was refused before the
-        # purge published its request before ringing, so this look sees it.
-        try:
-            waiting = session.channel.counts(names.lane(user_id)).ready
-        except QueueMissing:
-            waiting = 0
-        if waiting and ring(session.channel, names, self._settings, user_id):
-            session.channel.publish(names.ready, token_body(user_id))
-
-
-class HeldElsewhere(Exception):
-    """Our consumer on the lane is a standby: another slot's consumer is the active one."""
 
 
 class HandBack(Exception):

@@ -49,6 +49,10 @@ class Settings:
     enable_fail_action: bool = True
 
     worker_slots: int = 4
+    # Lanes one slot holds at once (their requests take turns in the slot), and how long
+    # a slot keeps a lane that ran dry: a request enqueued meanwhile goes straight to it.
+    lanes_per_slot: int = 4
+    lane_linger_seconds: float = 0.5
     sweep_interval_seconds: float = 30.0
     log_level: str = "INFO"
     # Login throttling: failures per username or client address within the window.
@@ -102,6 +106,7 @@ class Settings:
             "request_timeout_seconds",
             "retry_after_seconds",
             "worker_slots",
+            "lanes_per_slot",
             "sweep_interval_seconds",
             "login_max_failures",
             "login_window_seconds",
@@ -116,6 +121,8 @@ class Settings:
             raise ConfigError("METRICS_PORT must be a port (0 = off) and METRICS_CACHE_SECONDS not negative")
         if self.sleep_max_ms < 0 or self.retry_backoff_seconds < 0 or self.trusted_proxy_hops < 0:
             raise ConfigError("SLEEP_MAX_MS, RETRY_BACKOFF_SECONDS and TRUSTED_PROXY_HOPS must not be negative")
+        if self.lane_linger_seconds < 0:
+            raise ConfigError("LANE_LINGER_SECONDS must not be negative")
         if not 0 <= self.auth_cache_seconds <= 60:
             raise ConfigError("AUTH_CACHE_SECONDS must be between 0 and 60")
         if self.jwt_secret:

@@ -28,7 +28,7 @@ from urllib.parse import quote
 from lanes.broker import ChannelPool, Leadership, QueueMissing, QueueNames, lane_arguments
 from lanes.errors import BrokerError
 from lanes.lanestats import ManagementApi
-from lanes.protocol import ring, token_body
+from lanes.protocol import ring, send_token
 from lanes.settings import Settings
 
 log = logging.getLogger("lanes.sweeper")
@@ -71,7 +71,7 @@ class Sweeper:
                 if user_id is None:
                     continue
                 if ring(channel, self._names, self._settings, user_id) or no_token_waiting:
-                    channel.publish(self._names.ready, token_body(user_id))
+                    send_token(channel, self._names, user_id)
                     woken += 1
         if woken:
             log.info("sweep woke %d lanes", woken)

@@ -1,8 +1,9 @@
-"""The worker: a process of WORKER_SLOTS slots, each holding one lane at a time.
+"""The worker: a process of WORKER_SLOTS slots, each running one request at a time.
 
-A slot takes a lane's wake-up token from the shared ready queue, holds the lane
-(`lanes.protocol.LaneHolder`), runs its requests in order (`lanes.lifecycle`) and lets
-it go. docs/design.md argues why this keeps every lane FIFO.
+A slot takes lanes' wake-up tokens from the shared ready queue, holds up to
+LANES_PER_SLOT lanes (`lanes.protocol.LaneHolder`), runs their requests in order
+(`lanes.lifecycle`), one lane's request after another's, and lets lanes go when they
+run dry or others wait. docs/design.md argues why this keeps every lane FIFO.
 """
 
 from __future__ import annotations
@@ -16,18 +17,18 @@ from dataclasses import dataclass, field
 
 from lanes import metrics
 from lanes.actions import Registry, build_registry
-from lanes.broker import QueueNames, Session
+from lanes.broker import Delivery, QueueNames, Session
 from lanes.db import connect, ensure_indexes
 from lanes.errors import BrokerError, DatabaseError
 from lanes.lifecycle import RequestRunner, Waiting
-from lanes.protocol import LaneHolder, token_owner
+from lanes.protocol import LaneHolder
 from lanes.requests import Requests
 from lanes.settings import Settings
 from lanes.sweeper import start_sweeper
 
 log = logging.getLogger("lanes.worker")
 
-# How often an idle slot looks up from waiting for a token (to notice a stop).
+# How often an idle slot looks up from waiting (to notice a stop).
 IDLE_WAIT_SECONDS = 0.5
 
 
@@ -74,37 +75,36 @@ class Slot:
                 self.state.stop.wait(min(10.0, 0.25 * 2 ** min(failures, 6)) * random.uniform(0.5, 1.0))
 
     def _serve(self) -> None:
-        """Take tokens until stopped; leaving by an exception drops the connection, and the
-        broker then requeues the token, the lane's unacknowledged head, and lets the lane go."""
+        """Take tokens and run held lanes until stopped; leaving by an exception drops the
+        connection, and the broker then requeues the tokens and the lanes' unacknowledged
+        heads, and frees the lanes."""
         state = self.state
         session = Session(state.settings, state.names)
         runner = RequestRunner(
             state.settings, state.registry, state.requests, state.stop, Waiting(session.wait, session.wake)
         )
-        holder = LaneHolder(session, state.settings, state.names, state.stop)
+        holder = LaneHolder(session, state.settings, state.names)
         try:
-            session.listen_for_tokens()
+            session.listen_for_tokens(prefetch=state.settings.lanes_per_slot)
+            next_check = IDLE_WAIT_SECONDS
             while not state.stop.is_set():
-                session.wait(IDLE_WAIT_SECONDS, lambda: bool(session.tokens) or state.stop.is_set())
-                if not session.tokens:
-                    continue
-                token = session.tokens.popleft()
-                self._take_turn(holder, runner, token.body)
-                session.ack_token(token)
+                session.wait(next_check, lambda: bool(session.tokens or session.lane_deliveries) or state.stop.is_set())
+                while session.tokens:
+                    holder.take(session.tokens.popleft())
+                delivery = holder.next_delivery()
+                if delivery is not None:
+                    self._run(holder, runner, delivery)
+                next_check = holder.let_go_idle()
+            holder.let_go_all()
             session.stop_listening_for_tokens()
         finally:
             session.close()
             runner.close()
 
-    def _take_turn(self, holder: LaneHolder, runner: RequestRunner, token: bytes) -> None:
-        try:
-            user_id = token_owner(token)
-        except ValueError:
-            log.warning("slot %d: dropping malformed token %r", self.index, token[:100])
-            return
+    def _run(self, holder: LaneHolder, runner: RequestRunner, delivery: Delivery) -> None:
         self.state.slot_busy(+1)
         try:
-            holder.take_turn(user_id, runner.run)
+            holder.run(delivery, runner.run)
         finally:
             self.state.slot_busy(-1)
 

@@ -6,7 +6,7 @@
 A request costs three writes, each an *insert* under the request's id, because a
 unique `_id` is the one atomic test-and-set that MongoDB and FerretDB both give
 (FerretDB's conditional updates read and then write, so two concurrent ones can both
-"win"; a test in tests/integration shows it):
+"win": docs/design.md §6 has the measurement):
 
 - `requests`: the record, inserted once at acceptance and never updated;
 - `claims`: the first start by the lane's worker, or a cancel; the first insert wins,

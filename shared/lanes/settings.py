@@ -49,9 +49,11 @@ class Settings:
     enable_fail_action: bool = True
 
     worker_slots: int = 4
-    # Lanes one slot holds at once (their requests take turns in the slot), and how long
-    # a slot keeps a lane that ran dry: a request enqueued meanwhile goes straight to it.
-    lanes_per_slot: int = 4
+    # Lanes one slot holds at once (their requests take turns in the slot; more than
+    # one saves token round trips for cheap handlers, but a slot then runs lanes one
+    # after another that other slots could run beside it), and how long a slot keeps a
+    # lane that ran dry: a request enqueued meanwhile goes straight to it.
+    lanes_per_slot: int = 1
     lane_linger_seconds: float = 0.5
     sweep_interval_seconds: float = 30.0
     log_level: str = "INFO"
@@ -65,7 +67,8 @@ class Settings:
     auth_cache_seconds: float = 5.0
 
     # Test-only fault injection, inert unless set: the probability that the enqueue
-    # function's process dies between storing a request and publishing it.
+    # function's process dies once its request is stored in the lane (the broker
+    # confirmed it) and before its record is stored.
     fault_crash_after_store: float = 0.0
 
     # Metrics (lanes.exposition). PROMETHEUS_MULTIPROC_DIR is the multiprocess

@@ -9,7 +9,9 @@ management API listing of the lanes that hold messages, and for each lane that h
 work but no holder, one look at its bell. It
 
 - keeps lanes with work alive: a lane is declared again (restarting its idle timer),
-  so the broker never expires a lane that holds requests, whatever the workers do;
+  so the broker never expires a lane that holds requests, whatever the workers do
+  (the management API's figures lag by up to 5 s, so LANE_IDLE_SECONDS must be well
+  above that; it is 600 s by default);
 - wakes lanes whose wake-up was lost: work, no holder, and either a silent bell (a
   broker restart drops the transient ring) or no token waiting anywhere, seen on two
   sweeps in a row. A spare token is harmless (the lane's consumer is exclusive).

@@ -166,20 +166,21 @@ def _lane_exists(rabbitmq_url: str, user_id: str, prefix: str = "lanes") -> bool
 def test_a_lane_holding_requests_outlives_its_idle_period_while_no_worker_runs(
     fault_env: dict[str, str], fault_workers: Workers, fault_database: Any
 ) -> None:
-    # Given lanes that expire after 3 s unused (under a prefix of their own, so that this
-    # stack's sweeper, not the suite's, looks after them), and requests queued while no worker runs
-    env = {**fault_env, "LANE_IDLE_SECONDS": "3", "QUEUE_PREFIX": "outliving"}
+    # Given lanes that expire after 10 s unused (the sweeper sees a lane's work through
+    # the management API, whose figures lag by up to 5 s), under a prefix of their own so
+    # that this stack's sweeper looks after them, and requests queued while no worker runs
+    env = {**fault_env, "LANE_IDLE_SECONDS": "10", "QUEUE_PREFIX": "outliving"}
     with running_stack(env) as base_url:
         user = Api(base_url).new_user("outliving")
         ids = [user.enqueue("echo", {"n": n}) for n in range(3)]
         user_id = fault_database.requests.find_one({"_id": ids[0]})["user_id"]
-        # When three idle periods pass with nobody reading the lane
-        time.sleep(9)
+        # When two and a half idle periods pass with nobody reading the lane
+        time.sleep(25)
         # Then the sweeper has kept the lane, with its requests, in their order
         assert _lane_exists(env["RABBITMQ_URL"], user_id, "outliving"), "a lane with work must not expire"
         # And a request sent now runs after them once a worker comes
         ids.append(user.enqueue("echo", {"n": 3}))
-        fault_workers.start(1, LANE_IDLE_SECONDS="3", QUEUE_PREFIX="outliving")
+        fault_workers.start(1, LANE_IDLE_SECONDS="10", QUEUE_PREFIX="outliving")
         records = user.wait_terminal(ids, timeout=60)
     assert [r["status"] for r in records] == ["done"] * 4
     assert ordering_violations(records) == []

@@ -1,0 +1,264 @@
+"""The crash windows of the first lane protocol, each driven on purpose against v2
+(docs/design.md §4): where v2 removes a window, its scenario still has to hold.
+
+1. a holder killed mid-request while other slots try the same lane: no reorder;
+2. a lane whose wake-up was lost, with no worker running: the sweeper wakes it;
+3. (tests/faults/test_outages.py) a lane holding requests outlives its idle period;
+4. a user enqueueing without pause gets one turn per round, no spare ones;
+5. a message whose record was never stored still runs, and is readable;
+6. a timed-out attempt never runs beside the next one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+
+from lanes.broker import bell_arguments, lane_arguments
+from lanes.protocol import LaneMessage, token_body
+from lanes.settings import Settings
+from tests.conftest import ROOT, Workers
+from tests.faults.traffic import Audit
+from tests.support import TERMINAL, Api, wait_until
+from tests.support_lanes import ordering_violations, outcome_counts
+from tests.support_stack import Stack, isolated_stack
+
+KILLS = 50
+
+
+def _user_id(database: Any, request_id: str) -> str:
+    return str(database.requests.find_one({"_id": request_id})["user_id"])
+
+
+class SpareTokens:
+    """Publishes a token for one lane every few milliseconds, as duplicates would arrive."""
+
+    def __init__(self, rabbitmq_url: str, prefix: str, user_id: str) -> None:
+        self._url, self._queue, self._body = rabbitmq_url, f"{prefix}.ready", token_body(user_id)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> SpareTokens:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        connection = pika.BlockingConnection(pika.URLParameters(self._url))
+        channel = connection.channel()
+        while not self._stop.wait(0.02):
+            channel.basic_publish("", self._queue, self._body)
+        connection.close()
+
+
+def _kill_holders_repeatedly(user: Api, workers: Workers, database: Any, env: dict[str, str], name: str) -> Audit:
+    # Given one lane of short requests, two worker processes of two slots each, and a
+    # stream of spare tokens, so that other slots keep trying to take the lane
+    ids = [user.enqueue("sleep", {"ms": 120}) for _ in range(KILLS + 10)]
+    workers.start(2, WORKER_SLOTS="2")
+    with SpareTokens(env["RABBITMQ_URL"], env.get("QUEUE_PREFIX", "lanes"), _user_id(database, ids[0])):
+        # When a worker is SIGKILLed 50 times, mid-request more often than not, and replaced
+        for _ in range(KILLS):
+            time.sleep(0.3)
+            victim = next(p for p in workers.processes if p.poll() is None)
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            workers.start(1, WORKER_SLOTS="2")
+        records = user.wait_terminal(ids, timeout=180)
+    # Then every request ended once, and none started before the one sent before it ended
+    assert [r["status"] for r in records] == ["done"] * len(ids)
+    assert sum(r["attempts"] for r in records) > len(ids), "no kill hit a running request"
+    return Audit(
+        scenario=name,
+        accepted=len(ids),
+        lost=sum(r["status"] != "done" for r in records),
+        double_outcomes=sum(n > 1 for n in outcome_counts(database, ids).values()),
+        ordering_violations=len(ordering_violations(records)),
+        server_errors=0,  # every enqueue above asserted its 202
+    )
+
+
+def test_window1_killing_the_holder_never_reorders_a_classic_lane(
+    api: Api, workers: Workers, database: Any, lanes_env: dict[str, str], record_audit: Callable[[Audit], None]
+) -> None:
+    result = _kill_holders_repeatedly(
+        api.new_user("kill-classic"), workers, database, lanes_env, f"holder SIGKILL x{KILLS}, classic"
+    )
+    record_audit(result)
+    assert (result.lost, result.double_outcomes, result.ordering_violations) == (0, 0, 0)
+
+
+@pytest.fixture(scope="module")
+def quorum_stack(running_services: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with isolated_stack(tmp_path_factory.mktemp("quorum-windows"), ["--workers", "0"], QUEUE_TYPE="quorum") as stack:
+        yield stack
+
+
+def test_window1_killing_the_holder_never_reorders_a_quorum_lane(
+    quorum_stack: Stack, record_audit: Callable[[Audit], None]
+) -> None:
+    workers = Workers(quorum_stack.env)
+    try:
+        result = _kill_holders_repeatedly(
+            quorum_stack.api.new_user("kill-quorum"),
+            workers,
+            quorum_stack.database,
+            quorum_stack.env,
+            f"holder SIGKILL x{KILLS}, quorum",
+        )
+    finally:
+        workers.stop_all()
+    record_audit(result)
+    assert (result.lost, result.double_outcomes, result.ordering_violations) == (0, 0, 0)
+
+
+@pytest.fixture(scope="module")
+def scaled_stack(running_services: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Autoscaled from zero, sweeping every second."""
+    with isolated_stack(
+        tmp_path_factory.mktemp("windows-scaled"),
+        ["--workers", "auto", "--idle-seconds", "3"],
+        SWEEP_INTERVAL_SECONDS="1",
+        WORKER_SLOTS="2",
+    ) as stack:
+        yield stack
+
+
+def _strand(stack: Stack, user_id: str, ring: bool) -> str:
+    """What an enqueue that died after its publish leaves: the message in the lane, no token,
+    no record; with `ring`, also a rung bell (it died between the ring and the token)."""
+    settings = Settings.from_env(stack.env)
+    message = LaneMessage(uuid.uuid4().hex, user_id, "echo", json.dumps({"stranded": True}))
+    connection = pika.BlockingConnection(pika.URLParameters(stack.env["RABBITMQ_URL"]))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    channel.queue_declare(f"lanes.lane.{user_id}", durable=True, arguments=lane_arguments(settings))
+    channel.basic_publish("", f"lanes.lane.{user_id}", message.body(), pika.BasicProperties(delivery_mode=2))
+    if ring:
+        channel.queue_declare(f"lanes.bell.{user_id}", durable=True, arguments=bell_arguments(settings))
+        channel.basic_publish("", f"lanes.bell.{user_id}", b"")
+    connection.close()
+    return message.request_id
+
+
+def test_window2_and_5_a_lost_wake_up_with_no_worker_is_repaired_and_a_missing_record_runs(
+    scaled_stack: Stack,
+) -> None:
+    # Given no worker, and two lanes whose enqueue died after publishing, before any
+    # record: one before ringing, one between ringing and sending the token
+    users = [scaled_stack.api.new_user(f"stranded{i}") for i in range(2)]
+    user_ids = [_owner(scaled_stack, user) for user in users]
+    wait_until(lambda: scaled_stack.worker_pids() == [], timeout=60, what="no worker")
+    stranded = [_strand(scaled_stack, user_id, ring=bool(i)) for i, user_id in enumerate(user_ids)]
+    started = time.monotonic()
+    # When the sweeper (in the status function) sees them stall, and the autoscaler follows
+    records = [
+        wait_until(lambda u=user, i=request_id: _finished(u, i), timeout=60, what="the stranded request")
+        for user, request_id in zip(users, stranded, strict=True)
+    ]
+    # Then both run, within a few sweep intervals, and are readable by their owners
+    assert [r["status"] for r in records] == ["done", "done"]
+    assert [r["result"] for r in records] == [{"stranded": True}] * 2
+    assert time.monotonic() - started < 30
+
+
+def _finished(user: Api, request_id: str) -> dict[str, Any] | None:
+    """The request once it has an outcome; until then it has no record, so it answers 404."""
+    response = user.call("GET", f"/requests/{request_id}")
+    if response.status_code == 404:
+        return None
+    assert response.status_code == 200, response.text
+    record = dict(response.json())
+    return record if record["status"] in TERMINAL else None
+
+
+def _owner(stack: Stack, user: Api) -> str:
+    """The user id behind a client: from the record of a request it enqueues and waits for."""
+    request_id = user.enqueue("echo", None)
+    user.wait_terminal([request_id], timeout=60)
+    return str(stack.database.requests.find_one({"_id": request_id})["user_id"])
+
+
+def test_window4_a_user_enqueueing_without_pause_gets_one_turn_per_round(api: Api, workers: Workers) -> None:
+    # Given one slot holding one lane at a time, turns of one request, and a heavy user
+    # with a backlog who keeps enqueueing while thirty light users send one request each
+    heavy = api.new_user("heavy")
+    heavy_ids = [heavy.enqueue("sleep", {"ms": 20}) for _ in range(20)]
+    workers.start(1, WORKER_SLOTS="1", LANES_PER_SLOT="1", LANE_QUANTUM="1")
+    wait_until(lambda: heavy.request(heavy_ids[0])["status"] != "queued", timeout=30, what="the heavy lane")
+    stop = threading.Event()
+
+    def keep_enqueueing() -> None:
+        while not stop.wait(0.01):
+            heavy_ids.append(heavy.enqueue("sleep", {"ms": 20}))
+
+    feeder = threading.Thread(target=keep_enqueueing, daemon=True)
+    feeder.start()
+    lights = [api.new_user(f"light{i}") for i in range(30)]
+    light_ids = [(light, light.enqueue("echo", {"n": i})) for i, light in enumerate(lights)]
+    light_records = [light.wait_terminal([request_id], timeout=120)[0] for light, request_id in light_ids]
+    stop.set()
+    feeder.join(timeout=10)
+    # Then between two turns of the heavy user, every light request that was accepted
+    # before the first of them started ran before the second
+    heavy_runs = sorted(
+        (r["started_at"], r["finished_at"])
+        for r in (heavy.request(i) for i in heavy_ids)
+        if r["started_at"] is not None
+    )
+    overtaken = [
+        (first, second, light["request_id"])
+        for (first, _), (second, _) in itertools.pairwise(heavy_runs)
+        for light in light_records
+        if light["created_at"] < first and light["started_at"] > second
+    ]
+    assert overtaken == []
+    heavy.wait_terminal(heavy_ids, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def overrun_stack(running_services: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack that knows the `overrun` action, whose attempts time out after 0.5 s."""
+    with isolated_stack(
+        tmp_path_factory.mktemp("overrun"),
+        ["--workers", "0"],
+        ACTIONS_MODULE="tests.faults.slow_actions",
+        PYTHONPATH=str(ROOT),
+        REQUEST_TIMEOUT_SECONDS="0.5",
+        MAX_ATTEMPTS="2",
+        RETRY_BACKOFF_SECONDS="0",
+    ) as stack:
+        yield stack
+
+
+def test_window6_a_timed_out_attempt_never_overlaps_the_next(overrun_stack: Stack, tmp_path: Path) -> None:
+    # Given a handler that runs for 3 s where attempts time out after 0.5 s, two attempts
+    journal = tmp_path / "attempts.jsonl"
+    user = overrun_stack.api.new_user("overrun")
+    workers = Workers(overrun_stack.env)
+    try:
+        workers.start(1)
+        # When it runs
+        request_id = user.enqueue("overrun", {"journal": str(journal), "seconds": 3})
+        (record,) = user.wait_terminal([request_id], timeout=60)
+    finally:
+        workers.stop_all()
+    # Then both attempts timed out, and the second began only after the first had ended
+    assert record["status"] == "failed" and record["attempts"] == 2 and "timed out" in record["error"]
+    attempts = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert [a["attempt"] for a in attempts] == [1, 2]
+    assert attempts[0]["ended"] - attempts[0]["began"] < 2, "the first attempt was not interrupted"
+    assert attempts[1]["began"] >= attempts[0]["ended"]

@@ -106,7 +106,9 @@ http {{
 """
 
 
-def nginx_config(template: Template, port: int, ports: dict[str, int], run_dir: Path) -> str:
+def nginx_config(
+    template: Template, port: int, ports: dict[str, int], run_dir: Path, max_body_bytes: int = 65536
+) -> str:
     upstreams, locations = [], []
     for function in template.http_functions:
         upstreams.append(f"  upstream {function.name} {{ server 127.0.0.1:{ports[function.name]}; keepalive 32; }}")
@@ -115,8 +117,10 @@ def nginx_config(template: Template, port: int, ports: dict[str, int], run_dir: 
             locations.append(f"    location {match} {{ proxy_pass http://{function.name}; }}")
     return (
         nginx_head(run_dir)
-        + """  # The functions enforce the real body limit and answer 413 in Lanes' error shape.
-  client_max_body_size 16m;
+        + f"""  # The router refuses a body over MAX_BODY_BYTES itself (413, Lanes' error shape): a
+  # function that answered before reading a large body would close the connection under
+  # nginx, and the client would be told to retry (503) what can never succeed.
+  client_max_body_size {max_body_bytes};
 """
         + f"""  proxy_read_timeout 60s;
 {chr(10).join(upstreams)}
@@ -158,7 +162,8 @@ def start(template: Template, port: int, workers: int, data_dir: Path) -> Stack:
         fenv.setdefault("WEB_CONCURRENCY", "1")
         argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--no-control-socket", function.app]
         stack.start(function.name, argv, fenv, cwd=function_dir)
-    (run_dir / "nginx.conf").write_text(nginx_config(template, port, ports, run_dir))
+    max_body_bytes = int(env.get("MAX_BODY_BYTES") or template.env.get("MAX_BODY_BYTES") or 65536)
+    (run_dir / "nginx.conf").write_text(nginx_config(template, port, ports, run_dir, max_body_bytes))
     stack.start("router", [NGINX, "-c", str(run_dir / "nginx.conf"), "-p", str(run_dir)], env)
     worker = template.worker
     from lanes.multiproc import reset

@@ -201,6 +201,7 @@ class Channel:
     def __init__(self, connection: pika.BlockingConnection) -> None:
         self._connection = connection
         self._channel: BlockingChannel | None = None
+        self._unconfirmed: BlockingChannel | None = None
 
     @property
     def raw(self) -> BlockingChannel:
@@ -249,6 +250,14 @@ class Channel:
         properties = _persistent(timestamp) if persistent else _TRANSIENT
         with self._translated():
             self.raw.basic_publish("", queue_name, body, properties, mandatory=True)
+
+    def send(self, queue_name: str, body: bytes) -> None:
+        """Publish a transient hint without waiting for the broker: no confirm, no return.
+        A hint lost this way must be one that something else repairs."""
+        with self._translated():
+            if self._unconfirmed is None or not self._unconfirmed.is_open:
+                self._unconfirmed = self._connection.channel()
+            self._unconfirmed.basic_publish("", queue_name, body, _TRANSIENT)
 
     def purge(self, name: str) -> None:
         with self._translated():

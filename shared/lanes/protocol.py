@@ -51,8 +51,12 @@ log = logging.getLogger("lanes.protocol")
 # Lanes whose last declaration a process remembers (a few MB at most).
 MAX_REMEMBERED_LANES = 100_000
 
-# How long a full slot keeps a lane that ran dry.
-FULL_SLOT_LINGER_SECONDS = 0.05
+# How long a full slot keeps a quiet lane even while other lanes wait: long enough for
+# a next message already on its way (sent after the last ack) or a client's next request
+# to arrive, each of which would otherwise cost a token round trip. And how often a full
+# slot asks whether other lanes wait.
+DELIVERY_GRACE_SECONDS = 0.02
+WAITING_CHECK_SECONDS = 0.05
 
 # How often a slot with held lanes looks for lanes to let go, at the longest.
 IDLE_CHECK_SECONDS = 0.5
@@ -225,8 +229,8 @@ class LaneHolder:
     Each held lane has one consumer with one unacknowledged message, so the slot's
     deliveries come one per lane, and taking them oldest first runs the held lanes
     round-robin. A lane that runs dry is kept for LANE_LINGER_SECONDS (an enqueue
-    into a held lane is delivered straight to its holder, with no token), or only
-    FULL_SLOT_LINGER_SECONDS when the slot is full and other lanes may be waiting."""
+    into a held lane is delivered straight to its holder, with no token), unless the
+    slot is full and other lanes wait for a slot."""
 
     def __init__(
         self,
@@ -241,6 +245,8 @@ class LaneHolder:
         self._clock = clock
         self._exclusive = names.queue_type == "classic"
         self._held: dict[int, HeldLane] = {}
+        self._waiting_checked_at = float("-inf")
+        self._others_were_waiting = False
 
     def take(self, token: Delivery) -> None:
         """Hold the lane a token wakes; its token is acknowledged when the lane is let go."""
@@ -293,27 +299,36 @@ class LaneHolder:
                 held.run = 0  # nobody waits: keep the lane, no token round trip
 
     def let_go_idle(self) -> float:
-        """Let go of lanes that have nothing to run; returns how long until the next may be."""
+        """Let go of lanes that have nothing to run; returns how long until the next may be.
+
+        A quiet lane is kept for LANE_LINGER_SECONDS, so that an enqueue into it goes
+        straight to this slot. A full slot (it can take no token) keeps one only while no
+        other lane waits for a slot, asking the ready queue at most every
+        WAITING_CHECK_SECONDS, and never before DELIVERY_GRACE_SECONDS have passed."""
         now = self._clock()
         full = len(self._held) >= self._settings.lanes_per_slot
-        # Full, a slot keeps a quiet lane only long enough for a next message already on its
-        # way (delivered after the last ack) to arrive: letting go then would send it back.
-        linger = (
-            min(FULL_SLOT_LINGER_SECONDS, self._settings.lane_linger_seconds)
-            if full
-            else self._settings.lane_linger_seconds
-        )
         busy = {delivery.place for delivery in self._session.lane_deliveries}
         next_check = IDLE_CHECK_SECONDS
         for held in list(self._held.values()):
             if held.place in busy:
                 continue
-            left = held.idle_since + linger - now
-            if left > 0:
-                next_check = min(next_check, left)
-                continue
-            self.let_go(held, more=False)
-        return next_check
+            quiet = now - held.idle_since
+            lingered = quiet >= self._settings.lane_linger_seconds
+            if lingered or (full and quiet >= DELIVERY_GRACE_SECONDS and self._others_waiting_lately(now)):
+                self.let_go(held, more=False)
+            else:
+                until = self._settings.lane_linger_seconds - quiet
+                if full:
+                    until = min(until, max(DELIVERY_GRACE_SECONDS - quiet, WAITING_CHECK_SECONDS))
+                next_check = min(next_check, until)
+        return max(0.001, next_check)
+
+    def _others_waiting_lately(self, now: float) -> bool:
+        """Whether lanes wait for a slot, asked of the broker at most every WAITING_CHECK_SECONDS."""
+        if now - self._waiting_checked_at >= WAITING_CHECK_SECONDS:
+            self._waiting_checked_at = now
+            self._others_were_waiting = self._others_waiting()
+        return self._others_were_waiting
 
     def let_go_all(self) -> None:
         for held in list(self._held.values()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -123,7 +124,9 @@ class RecentUsers:
             self._entries = {k: v for k, v in self._entries.items() if v[0] > now_}
             if len(self._entries) >= self.MAX_ENTRIES:
                 self._entries.clear()
-        self._entries[jti] = (self._clock() + self._seconds, user)
+        # Each entry lives a random part of the bound, so that entries made together are not
+        # all looked up again together (a burst of reads that stalls the requests behind it).
+        self._entries[jti] = (self._clock() + self._seconds * random.uniform(0.5, 1.0), user)
 
     def forget(self, jti: str) -> None:
         self._entries.pop(jti, None)

@@ -66,11 +66,6 @@ class ManagementApi:
         self._auth = "Basic " + base64.b64encode(credentials).decode()
         self._vhost = quote(settings.rabbitmq_vhost, safe="")
 
-    @property
-    def vhost(self) -> str:
-        """The vhost, quoted for a path."""
-        return self._vhost
-
     def get(self, path: str, **params: str | int) -> Any:
         query = f"?{urlencode(params)}" if params else ""
         request = urllib.request.Request(f"{self._base}/api/{path}{query}", headers={"Authorization": self._auth})
@@ -80,7 +75,10 @@ class ManagementApi:
     def queue(self, name: str) -> dict[str, Any]:
         return dict(self.get(f"queues/{self._vhost}/{quote(name, safe='')}", columns="messages_ready,consumers"))
 
-    def queues(self, name_regex: str, page: int) -> dict[str, Any]:
+    def queues(
+        self, name_regex: str, page: int, columns: str = "name,messages,head_message_timestamp", most: str = "messages"
+    ) -> dict[str, Any]:
+        """One page of the queues whose names match, with these columns, the most `most` first."""
         return dict(
             self.get(
                 f"queues/{self._vhost}",
@@ -88,8 +86,8 @@ class ManagementApi:
                 page_size=PAGE_SIZE,
                 name=name_regex,
                 use_regex="true",
-                columns="name,messages,head_message_timestamp",
-                sort="messages",
+                columns=columns,
+                sort=most,
                 sort_reverse="true",
             )
         )

@@ -164,13 +164,19 @@ class LanePublisher:
                 # less than half an idle period ago still guarantees that.
                 self._declare(channel, lane)
             try:
-                channel.publish(lane, message.body(), timestamp=accepted_at)
+                try:
+                    channel.publish(lane, message.body(), timestamp=accepted_at)
+                except QueueMissing:  # expired or deleted since this process declared it
+                    self._declare(channel, lane)
+                    channel.publish(lane, message.body(), timestamp=accepted_at)
             except Refused:
                 raise LaneFull from None
-            except QueueMissing:  # expired or deleted since this process declared it
-                self._declare(channel, lane)
-                channel.publish(lane, message.body(), timestamp=accepted_at)
-            after = self._declare(channel, lane)
+            try:
+                after = self._declare(channel, lane)
+            except BrokerError as error:
+                # The request is durable already: accept it, and leave waking to the sweeper.
+                log.warning("looking at the lane failed: %r", error, extra={"user_id": message.user_id})
+                return 0
             if after.consumers == 0:
                 # Nobody holds the lane now, after our message is in it. A holder seen here
                 # looks at the lane when it lets go (or runs our message before).

@@ -25,7 +25,6 @@ import threading
 import urllib.error
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from lanes.broker import ChannelPool, Leadership, QueueMissing, QueueNames, lane_arguments
 from lanes.errors import BrokerError
@@ -35,8 +34,7 @@ from lanes.settings import Settings
 
 log = logging.getLogger("lanes.sweeper")
 
-PAGE_SIZE = 500
-MAX_PAGES = 40
+MAX_PAGES = 40  # of ManagementApi's pages: 20,000 lanes with work per sweep
 
 
 @dataclass(frozen=True)
@@ -83,16 +81,7 @@ class Sweeper:
         regex = "^" + self._names.lane("").replace(".", r"\.")
         lanes: list[LaneState] = []
         for page in range(1, MAX_PAGES + 1):
-            listing = self._api.get(
-                f"queues/{self._api.vhost}",
-                page=page,
-                page_size=PAGE_SIZE,
-                name=regex,
-                use_regex="true",
-                columns="name,messages_ready,consumers",
-                sort="messages_ready",
-                sort_reverse="true",
-            )
+            listing = self._api.queues(regex, page, columns="name,messages_ready,consumers", most="messages_ready")
             items: list[dict[str, Any]] = listing.get("items") or []
             with_work = [item for item in items if int(item.get("messages_ready") or 0) > 0]
             lanes.extend(
@@ -106,9 +95,7 @@ class Sweeper:
 
     def _tokens_waiting(self) -> int:
         try:
-            ready = self._api.get(
-                f"queues/{self._api.vhost}/{quote(self._names.ready, safe='')}", columns="messages_ready"
-            )
+            ready = self._api.queue(self._names.ready)
         except urllib.error.HTTPError as error:
             if error.code == 404:
                 return 0

@@ -16,7 +16,6 @@ import json
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import pytest
 
 from lanes.broker import bell_arguments, lane_arguments
 from lanes.protocol import LaneMessage, token_body
+from lanes.requests import new_request_id
 from lanes.settings import Settings
 from tests.conftest import ROOT, Workers
 from tests.faults.traffic import Audit
@@ -141,7 +141,7 @@ def _strand(stack: Stack, user_id: str, ring: bool) -> str:
     """What an enqueue that died after its publish leaves: the message in the lane, no token,
     no record; with `ring`, also a rung bell (it died between the ring and the token)."""
     settings = Settings.from_env(stack.env)
-    message = LaneMessage(uuid.uuid4().hex, user_id, "echo", json.dumps({"stranded": True}))
+    message = LaneMessage(new_request_id(), user_id, "echo", json.dumps({"stranded": True}))
     connection = pika.BlockingConnection(pika.URLParameters(stack.env["RABBITMQ_URL"]))
     channel = connection.channel()
     channel.confirm_delivery()

@@ -163,6 +163,10 @@ class RequestRunner:
             self._waiting.wait(self._settings.request_timeout_seconds, future.done)
             if not future.done():
                 log.warning("a timed-out handler has not returned yet; its lane waits for it")
+        # Should the handler have returned just before the interruption, the exception lands
+        # in the pool's own loop and ends its thread: the next attempt gets a fresh one.
+        self._executor.shutdown(wait=False)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lanes-handler")
 
 
 def _settle(future: Future[Any]) -> tuple[bool, Any]:

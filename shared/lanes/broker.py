@@ -488,12 +488,3 @@ class Leadership:
         if self._connection is not None:
             _close_quietly(self._connection)
         self._connection = None
-
-
-@contextmanager
-def translate_errors() -> Iterator[None]:
-    """Turn pika's failures into BrokerError for code that holds its own connection."""
-    try:
-        yield
-    except (pika.exceptions.AMQPError, OSError) as error:
-        raise BrokerError(f"RabbitMQ failed: {error!r}") from None

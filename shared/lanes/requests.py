@@ -37,7 +37,6 @@ from lanes.db import iso, now, translate_errors
 from lanes.errors import Conflict, NotFound
 
 TERMINAL = ("done", "failed", "cancelled")
-PENDING = ("queued", "processing")
 
 
 def new_request_id() -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
@@ -32,6 +33,18 @@ def management_api(method: str, path: str, body: dict[str, Any] | None = None, t
     with urllib.request.urlopen(request, timeout=timeout) as response:
         payload = response.read()
     return json.loads(payload) if payload else None
+
+
+def _wait_gone(path: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            management_api("GET", path)
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                return
+        time.sleep(2)
+    raise TimeoutError(f"{path} still exists after {timeout:.0f} s")
 
 
 def amqp_url(vhost: str) -> str:
@@ -72,7 +85,13 @@ class Isolation:
         """Delete a vhost and everything in it; with 10,000 queues that takes RabbitMQ a while,
         and a request that gives up early stops the deletion half-way, so wait for it."""
         if name in self._vhosts:
-            management_api("DELETE", f"/api/vhosts/{_quote(name)}", timeout=300)
+            path = f"/api/vhosts/{_quote(name)}"
+            try:
+                management_api("DELETE", path, timeout=300)
+            except ConnectionError:
+                # The management API's HTTP server closes a request idle for a minute, while
+                # the deletion goes on: wait for the vhost to be gone instead.
+                _wait_gone(path, timeout=300)
             self._vhosts.remove(name)
 
     def drop_database(self, name: str) -> None:

@@ -283,16 +283,12 @@ def _cpu_table(r: dict[str, Any]) -> list[str]:
         "CPU per request, in milliseconds, by process (from /proc; RabbitMQ and FerretDB are shared with",
         "anything else running on the machine, and `other` is everything else, for the whole run):",
         "",
-        "| process | " + " | ".join(label for label, _ in runs) + " |",
-        "|---|" + "---:|" * len(runs),
+        *_head("process", [label for label, _ in runs]),
     ]
     for group in groups:
-        cells = [_fmt(cpu["cpu_ms_per_request"].get(group)) for _label, cpu in runs]
-        lines.append(f"| {group} | " + " | ".join(cells) + " |")
-    totals = [_fmt(round(sum(cpu["cpu_ms_per_request"].values()), 1)) for _label, cpu in runs]
-    lines.append("| **sum** | " + " | ".join(totals) + " |")
-    others = [_fmt(cpu["cpu_seconds"].get("other")) for _label, cpu in runs]
-    lines.append("| other, CPU seconds in the run | " + " | ".join(others) + " |")
+        lines.append(_row(group, [_fmt(cpu["cpu_ms_per_request"].get(group)) for _label, cpu in runs]))
+    lines.append(_row("**sum**", [_fmt(round(sum(cpu["cpu_ms_per_request"].values()), 1)) for _label, cpu in runs]))
+    lines.append(_row("other, CPU seconds in the run", [_fmt(cpu["cpu_seconds"].get("other")) for _label, cpu in runs]))
     return lines
 
 
@@ -317,21 +313,28 @@ def _ops_table(r: dict[str, Any]) -> list[str]:
         "while only that scenario ran; both servers are shared, so anything else using them then counts too.",
         "In brackets, what others' traffic would account for at the rate seen while the run's vhost was quiet:",
         "",
-        "| operation | " + " | ".join(label for label, _ in runs) + " |",
-        "|---|" + "---:|" * len(runs),
+        *_head("operation", [label for label, _ in runs]),
     ]
     for side in ("database", "broker"):
         keys: list[str] = []
         for _label, ops in runs:
             keys += [k for k in ops["per_request"][side] if k not in keys]
         for key in keys:
-            cells = [_ops_cell(ops, side, key) for _label, ops in runs]
-            lines.append(f"| {_ops_label(side, key)} | " + " | ".join(cells) + " |")
-    lines.append("| requests completed | " + " | ".join(_fmt(ops["requests"]) for _label, ops in runs) + " |")
-    lines.append("| seconds counted | " + " | ".join(_fmt(ops["seconds"]) for _label, ops in runs) + " |")
+            lines.append(_row(_ops_label(side, key), [_ops_cell(ops, side, key) for _label, ops in runs]))
+    lines.append(_row("requests completed", [_fmt(ops["requests"]) for _label, ops in runs]))
+    lines.append(_row("seconds counted", [_fmt(ops["seconds"]) for _label, ops in runs]))
     if unsettled := [label for label, ops in runs if not ops.get("settled")]:
         lines += ["", f"RabbitMQ's figures were still changing when read (12 s at most) for: {', '.join(unsettled)}."]
     return lines
+
+
+def _head(first: str, labels: list[str]) -> list[str]:
+    """A table's header row and its alignment row: a text column, then one number column per run."""
+    return [_row(first, labels), "|---|" + "---:|" * len(labels)]
+
+
+def _row(first: str, cells: list[str]) -> str:
+    return f"| {first} | " + " | ".join(cells) + " |"
 
 
 def _ops_cell(ops: dict[str, Any], side: str, key: str) -> str:

@@ -21,15 +21,12 @@ from lanes.broker import Delivery, QueueNames, Session
 from lanes.db import connect, ensure_indexes
 from lanes.errors import BrokerError, DatabaseError
 from lanes.lifecycle import RequestRunner, Waiting
-from lanes.protocol import LaneHolder
+from lanes.protocol import IDLE_CHECK_SECONDS, LaneHolder
 from lanes.requests import Requests
 from lanes.settings import Settings
 from lanes.sweeper import start_sweeper
 
 log = logging.getLogger("lanes.worker")
-
-# How often an idle slot looks up from waiting (to notice a stop).
-IDLE_WAIT_SECONDS = 0.5
 
 
 @dataclass
@@ -86,7 +83,7 @@ class Slot:
         holder = LaneHolder(session, state.settings, state.names)
         try:
             session.listen_for_tokens(prefetch=state.settings.lanes_per_slot)
-            next_check = IDLE_WAIT_SECONDS
+            next_check = IDLE_CHECK_SECONDS  # an idle slot looks up this often, to notice a stop
             while not state.stop.is_set():
                 session.wait(next_check, lambda: bool(session.tokens or session.lane_deliveries) or state.stop.is_set())
                 while session.tokens:

@@ -91,7 +91,7 @@ def worker(lanes: int = 40, per_lane: int = 25, processes: int = 1) -> None:
         pool_of_workers.start(processes, WORKER_SLOTS="4")
         try:
             wait_until(
-                lambda: stack.database.requests.count_documents({"status": "done"}) == total,
+                lambda: stack.database.outcomes.count_documents({"status": "done"}) == total,
                 timeout=300,
                 what="the backlog to drain",
                 interval=0.2,

@@ -269,9 +269,14 @@ def _counts(declared: Any) -> Counts:
 
 
 class ChannelPool:
-    """Confirm-mode channels, each on its own connection, lent to one borrower at a time."""
+    """Confirm-mode channels, each on its own connection, lent to one borrower at a time.
 
-    def __init__(self, settings: Settings, max_idle: int = 16) -> None:
+    `max_idle` must cover the borrowers a process serves at once: a connection given back
+    to a full pool is closed, and opening one costs the broker and this process several
+    milliseconds of CPU (with 16, an enqueue process serving 32 clients opened a
+    connection every 13 requests)."""
+
+    def __init__(self, settings: Settings, max_idle: int = 64) -> None:
         self._settings = settings
         self._idle: queue.LifoQueue[tuple[pika.BlockingConnection, Channel, float]] = queue.LifoQueue(maxsize=max_idle)
 

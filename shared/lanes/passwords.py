@@ -26,10 +26,12 @@ class PasswordHasher:
 
     def verify(self, password: str, password_hash: str | None) -> bool:
         """True when password matches; with no hash, spend the same time and answer False."""
-        if password_hash is None:
-            self._hasher.verify(password, self._dummy_hash)
-            return False
         try:
+            if password_hash is None:
+                self._hasher.verify(password, self._dummy_hash)
+                return False
             return bool(self._hasher.verify(password, password_hash))
         except (ValueError, TypeError):
+            # passlib refuses a password over 4,096 bytes before hashing: that is a wrong
+            # password for every user alike, never an error that only unknown users see.
             return False

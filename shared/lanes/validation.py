@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +17,11 @@ REQUEST_ID_RE = re.compile(r"[0-9a-f]{32}")
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,128}")
 STATUSES = ("queued", "processing", "done", "failed", "cancelled")
 LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX = 50, 200
+LIMIT_RE = re.compile(r"[0-9]{1,4}")
+# How deep a body may nest. MongoDB stores documents up to 100 levels, and Python's own
+# recursion limit is reached near 1,000 when a deeper value is serialised again
+# (storing, listing): refusing at the door is the only place that is a clean 400.
+MAX_JSON_DEPTH = 100
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,42 @@ class ListQuery:
     status: str | None
     limit: int
     after: str | None
+
+
+def json_value(value: Any) -> Any:
+    """A parsed JSON value that can be stored and served again as JSON, or ValidationError.
+
+    json.loads accepts three things that fail later, far from the client: lone UTF-16
+    surrogates from `\\ud800` escapes (not encodable as UTF-8), numbers that overflow to
+    infinity (`1e999`, served back as the invalid `Infinity`), and nesting deeper than
+    the stored form allows.
+    """
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            _require_encodable(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValidationError("Numbers must be finite.", code="invalid_json")
+        elif isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise ValidationError(f"The body nests deeper than {MAX_JSON_DEPTH} levels.", code="invalid_json")
+            if isinstance(item, dict):
+                for key in item:
+                    _require_encodable(key)
+                pending.extend((child, depth + 1) for child in item.values())
+            else:
+                pending.extend((child, depth + 1) for child in item)
+    return value
+
+
+def _require_encodable(text: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("Strings must not hold lone surrogates.", code="invalid_json") from None
 
 
 def require_object(body: Any) -> Mapping[str, Any]:
@@ -111,7 +153,8 @@ def list_query(args: Mapping[str, str]) -> ListQuery:
     if status is not None and status not in STATUSES:
         raise ValidationError(f"status must be one of {', '.join(STATUSES)}.", code="invalid_status")
     raw_limit = args.get("limit", str(LIST_LIMIT_DEFAULT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX:
+    # Not str.isdigit(): it is true for '²' and other digits int() refuses.
+    if not LIMIT_RE.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX:
         raise ValidationError(f"limit must be 1-{LIST_LIMIT_MAX}.", code="invalid_limit")
     after = args.get("after") or None
     if after is not None and not REQUEST_ID_RE.fullmatch(after):

@@ -11,7 +11,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from lanes import correlation
+from lanes import correlation, validation
 from lanes.errors import (
     AuthError,
     BrokerError,
@@ -129,9 +129,10 @@ def json_body() -> Any:
     if len(raw) > settings.max_body_bytes:
         raise PayloadTooLarge(f"The body is larger than {settings.max_body_bytes} bytes.")
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ValidationError("The body is not valid JSON.", code="invalid_json") from None
+    return validation.json_value(body)
 
 
 def _reject_constant(name: str) -> Any:

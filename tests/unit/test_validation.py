@@ -68,7 +68,17 @@ def test_bad_enqueue_bodies_name_their_problem(body: Any, code: str) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [{"limit": "0"}, {"limit": "201"}, {"limit": "ten"}, {"status": "lost"}, {"after": "../etc"}, {"sort": "x"}],
+    [
+        {"limit": "0"},
+        {"limit": "201"},
+        {"limit": "ten"},
+        {"limit": "\u00b2"},  # '²' passes str.isdigit() but not int()
+        {"limit": "\u0661"},  # an Arabic-Indic one: int() takes it, but it is not ASCII
+        {"limit": "9" * 5000},
+        {"status": "lost"},
+        {"after": "../etc"},
+        {"sort": "x"},
+    ],
 )
 def test_bad_list_queries_are_rejected(args: dict[str, str]) -> None:
     with pytest.raises(ValidationError):
@@ -82,3 +92,36 @@ def test_list_query_defaults() -> None:
 def test_malformed_request_ids_are_treated_as_absent() -> None:
     assert validation.request_id("../../admin") is None
     assert validation.request_id("0" * 32) == "0" * 32
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "\ud800",
+        {"data": ["ok", {"deep": "x\udfffy"}]},
+        {"\udc00key": 1},
+        {"data": float("inf")},
+        [float("-inf")],
+        {"data": float("nan")},
+        _nested(validation.MAX_JSON_DEPTH + 1),
+        _nested(980),
+    ],
+)
+def test_json_values_that_cannot_be_stored_or_served_again_are_refused(value: Any) -> None:
+    with pytest.raises(ValidationError) as raised:
+        validation.json_value(value)
+    assert raised.value.code == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    "value", [None, "héllo ✓ 🚀", {"a.b": [1, 2.5, -1e308, 10**40]}, _nested(validation.MAX_JSON_DEPTH)]
+)
+def test_json_values_that_round_trip_are_kept(value: Any) -> None:
+    assert validation.json_value(value) is value

@@ -182,3 +182,21 @@ def test_the_worker_imports_its_metrics_without_flask() -> None:
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
+def test_invented_methods_are_one_other_label_and_get_the_error_shape() -> None:
+    # Given a function with one route
+    app = create_base_app("enqueue", Settings())
+    app.add_url_rule("/enqueue", "enqueue", lambda: ({}, 202), methods=["POST"])
+    client = app.test_client()
+
+    # When clients send many made-up methods, to a route and to nowhere
+    for n in range(50):
+        response = client.open("/enqueue" if n % 2 else "/nowhere", method=f"ZABC{n}")
+        assert response.status_code in (404, 405) and response.get_json()["error"]
+    text = client.get("/metrics").get_data(as_text=True)
+
+    # Then every series names a known method or OTHER, and no invented one
+    methods = {dict(labels)["method"] for labels in samples(text, "lanes_http_request_total")}
+    assert methods == {"OTHER"}
+    assert "ZABC" not in text

@@ -66,6 +66,18 @@ class Settings:
     # a token revoked elsewhere keeps working in that process for at most this long.
     auth_cache_seconds: float = 5.0
 
+    # Retention (lanes.retention): terminal requests and what hangs off them are purged
+    # this many days after they finished; 0 keeps them forever.
+    retention_days: float = 7.0
+    # One user cannot slow the others: /enqueue calls per user per second (a token bucket
+    # of ENQUEUE_BURST in each enqueue process; 0 = off), /register calls per client
+    # address per minute (in each register process; 0 = off), and results larger than
+    # this many bytes (as stored JSON) left out of listings.
+    enqueue_rate_per_second: float = 50.0
+    enqueue_burst: int = 200
+    register_per_minute: int = 60
+    listing_result_max_bytes: int = 4096
+
     # Test-only fault injection, inert unless set: the probability that the enqueue
     # function's process dies once its request is stored in the lane (the broker
     # confirmed it) and before its record is stored.
@@ -124,6 +136,18 @@ class Settings:
             raise ConfigError("METRICS_PORT must be a port (0 = off) and METRICS_CACHE_SECONDS not negative")
         if self.sleep_max_ms < 0 or self.retry_backoff_seconds < 0 or self.trusted_proxy_hops < 0:
             raise ConfigError("SLEEP_MAX_MS, RETRY_BACKOFF_SECONDS and TRUSTED_PROXY_HOPS must not be negative")
+        not_negative = (
+            "retention_days",
+            "enqueue_rate_per_second",
+            "enqueue_burst",
+            "register_per_minute",
+            "listing_result_max_bytes",
+        )
+        for name in not_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.upper()} must not be negative")
+        if self.enqueue_rate_per_second > 0 and self.enqueue_burst < 1:
+            raise ConfigError("ENQUEUE_BURST must be at least 1 while ENQUEUE_RATE_PER_SECOND is on")
         if self.lane_linger_seconds < 0:
             raise ConfigError("LANE_LINGER_SECONDS must not be negative")
         if not 0 <= self.auth_cache_seconds <= 60:

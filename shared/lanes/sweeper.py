@@ -15,6 +15,9 @@ work but no holder, one look at its bell. It
 - wakes lanes whose wake-up was lost: work, no holder, and either a silent bell (a
   broker restart drops the transient ring) or no token waiting anywhere, seen on two
   sweeps in a row. A spare token is harmless (the lane's consumer is exclusive).
+
+After each sweep the same process runs a retention pass (lanes.retention), bounded in
+time, so history is purged once, by one process, also while no worker runs.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from lanes.broker import ChannelPool, Leadership, QueueMissing, QueueNames, lane_arguments
-from lanes.errors import BrokerError
+from lanes.db import connect
+from lanes.errors import BrokerError, DatabaseError
 from lanes.lanestats import ManagementApi
 from lanes.protocol import ring, send_token
+from lanes.retention import Reaper
 from lanes.settings import Settings
 
 log = logging.getLogger("lanes.sweeper")
@@ -104,9 +109,12 @@ class Sweeper:
 
 
 def run_sweeper(settings: Settings, stop: threading.Event) -> None:
-    """Sweep every SWEEP_INTERVAL_SECONDS while this process leads; until `stop`."""
+    """Sweep, then reap what is past retention, every SWEEP_INTERVAL_SECONDS while this
+    process leads; until `stop`. The election that keeps two sweepers from repairing the
+    same lane also keeps two reapers from deleting the same documents."""
     leadership = Leadership(settings, QueueNames.of(settings).sweeper)
     sweeper = Sweeper(settings)
+    reaper = Reaper(connect(settings), settings)
     # At least three sweeps per idle period, so that a lane with work is declared again
     # long before the broker would expire it.
     interval = min(settings.sweep_interval_seconds, settings.lane_idle_seconds / 3)
@@ -118,6 +126,11 @@ def run_sweeper(settings: Settings, stop: threading.Event) -> None:
                 sweeper.sweep()
             except (BrokerError, QueueMissing, OSError, ValueError) as error:
                 log.warning("sweep failed: %r", error)
+            try:
+                # Half an interval at most, so a backlog of history never delays repairs long.
+                reaper.reap(budget_seconds=interval / 2)
+            except DatabaseError as error:
+                log.warning("retention pass failed: %r", error)
     finally:
         leadership.resign()
 

@@ -1,0 +1,150 @@
+"""Retention: the reaper deletes exactly what is past it, never open work, and a purged
+request answers 404."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pymongo
+import pytest
+
+from lanes.db import now
+from lanes.requests import Outcome, Requests, new_request_id
+from lanes.retention import Reaper
+from lanes.settings import Settings
+from tests.conftest import Workers, running_stack
+from tests.support import Api, management_api, wait_until
+
+DAY = timedelta(days=1)
+
+
+@pytest.fixture
+def fresh_db(lanes_env: dict[str, str]) -> Iterator[Any]:
+    """A database of its own: the reaper walks whole collections."""
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(lanes_env["MONGO_URI"], tz_aware=True)
+    name = f"lanes_retention_{uuid.uuid4().hex[:8]}"
+    yield client[name]
+    client.drop_database(name)
+    client.close()
+
+
+def _finished(requests: Requests, user: str, status: str = "done", key: str | None = None) -> str:
+    request_id = new_request_id()
+    if key is not None:
+        requests.reserve_key(user, key, request_id, "fp")
+    requests.create(request_id, user, "echo", "{}", "fp")
+    requests.claim(request_id)
+    requests.finish(request_id, user, Outcome(status=status, result={"ok": True}), attempts=1)
+    return request_id
+
+
+def _ids(db: Any, collection: str) -> set[str]:
+    return {doc["_id"] for doc in db[collection].find({}, {"_id": 1})}
+
+
+def test_reaper_deletes_exactly_what_is_past_retention_and_nothing_open(fresh_db: Any) -> None:
+    # Given: requests finished "now", open requests, and (inserted after them, as
+    # time goes) a request that finished two days later; the reaper looks from 8 days on.
+    db, requests = fresh_db, Requests(fresh_db)
+    done = _finished(requests, "u1", key="k-done")
+    failed = _finished(requests, "u1", status="failed")
+    requests.record_dead_letter({"_id": failed, "user_id": "u1", "action": "fail"}, "boom", 3)
+    requests.mark_requeued(failed, new_request_id())
+    unhandled = _finished(requests, "u1", status="failed")
+    requests.record_dead_letter({"_id": unhandled, "user_id": "u1", "action": "fail"}, "boom", 3)
+    queued = new_request_id()
+    requests.reserve_key("u2", "k-open", queued, "fp")
+    requests.create(queued, "u2", "echo", "{}", "fp")
+    running = new_request_id()
+    requests.create(running, "u3", "echo", "{}", "fp")
+    requests.claim(running)
+    cancelled_without_outcome = new_request_id()
+    requests.create(cancelled_without_outcome, "u4", "echo", "{}", "fp")
+    db.claims.insert_one({"_id": cancelled_without_outcome, "by": "cancel", "at": now(), "attempts": 0})
+    refused = new_request_id()
+    requests.refuse(refused)
+    young = new_request_id()
+    later = now() + 2 * DAY
+    db.requests.insert_one({"_id": young, "user_id": "u1", "action": "echo", "created_at": later})
+    db.claims.insert_one({"_id": young, "by": "worker", "at": later, "attempts": 1})
+    db.outcomes.insert_one({"_id": young, "user_id": "u1", "status": "done", "finished_at": later})
+    db.revoked_tokens.insert_many(
+        [{"_id": "expired", "expires_at": now() - DAY}, {"_id": "valid", "expires_at": now() + 30 * DAY}]
+    )
+    db.login_failures.insert_many([{"_id": "old", "key": "user:x", "at": now()}])
+
+    # When
+    reaped = Reaper(db, Settings(retention_days=7)).reap(moment=now() + 8 * DAY)
+
+    # Then: the finished requests and what hangs off them are gone, open work stays.
+    gone = {done, failed, unhandled, cancelled_without_outcome}
+    assert _ids(db, "requests") == {queued, running, young}
+    assert _ids(db, "outcomes") == {young}
+    assert _ids(db, "claims") == {running, young}
+    assert not gone & (_ids(db, "requests") | _ids(db, "claims") | _ids(db, "outcomes"))
+    assert refused not in _ids(db, "claims")
+    assert [doc["request_id"] for doc in db.idempotency_keys.find()] == [queued]
+    assert _ids(db, "dead_letters") == {unhandled}
+    assert _ids(db, "revoked_tokens") == {"valid"}
+    assert _ids(db, "login_failures") == set()
+    assert reaped.counts["outcomes"] == 3 and reaped.counts["claims"] == 5  # 3 with their outcomes
+    assert requests.get(done) is None and requests.get(queued) is not None
+
+    # And a second pass finds nothing more to do.
+    assert Reaper(db, Settings(retention_days=7)).reap(moment=now() + 8 * DAY).total == 0
+
+
+def test_retention_zero_keeps_requests_forever(fresh_db: Any) -> None:
+    requests = Requests(fresh_db)
+    done = _finished(requests, "u1", key="k")
+    Reaper(fresh_db, Settings(retention_days=0)).reap(moment=now() + 10_000 * DAY)
+    assert requests.get(done) is not None and fresh_db.idempotency_keys.count_documents({}) == 1
+
+
+@pytest.fixture(scope="module")
+def short_retention(lanes_env: dict[str, str]) -> Iterator[tuple[Api, dict[str, str]]]:
+    """A stack of its own (vhost, database, sweeper election) that keeps requests ~2 s."""
+    run_id = uuid.uuid4().hex[:8]
+    vhost, database = f"lanes-retention-{run_id}", f"lanes_retention_stack_{run_id}"
+    management_api("PUT", f"/api/vhosts/{vhost}")
+    management_api("PUT", f"/api/permissions/{vhost}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+    env = {
+        **lanes_env,
+        "RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+        "MONGO_URI": f"mongodb://127.0.0.1:27017/{database}",
+        "RETENTION_DAYS": str(2 / 86400),
+        "SWEEP_INTERVAL_SECONDS": "1",
+    }
+    try:
+        with running_stack(env) as base_url:
+            yield Api(base_url), env
+    finally:
+        management_api("DELETE", f"/api/vhosts/{vhost}")
+        pymongo.MongoClient(env["MONGO_URI"]).drop_database(database)
+
+
+def test_purged_request_answers_404_and_its_key_is_bound_anew(short_retention: tuple[Api, dict[str, str]]) -> None:
+    """The status function's elected sweeper purges, with no worker running."""
+    api, env = short_retention
+    user = api.new_user("retained")
+    request_id = user.enqueue("echo", {"n": 1}, headers={"Idempotency-Key": "once"})
+    workers = Workers(env)
+    try:
+        workers.start(1)
+        user.wait_terminal([request_id])
+    finally:
+        workers.stop_all()
+
+    wait_until(
+        lambda: user.call("GET", f"/requests/{request_id}").status_code == 404,
+        timeout=20,
+        what="the finished request to be purged",
+    )
+    assert request_id not in [item["request_id"] for item in user.call("GET", "/requests").json()["items"]]
+    again = user.call(
+        "POST", "/enqueue", json={"action": "echo", "data": {"n": 1}}, headers={"Idempotency-Key": "once"}
+    )
+    assert again.status_code == 202 and again.json()["request_id"] != request_id

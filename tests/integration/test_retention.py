@@ -3,6 +3,7 @@ request answers 404."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -11,12 +12,14 @@ from typing import Any
 import pymongo
 import pytest
 
-from lanes.db import now
+from deploy.services import FerretDB
+from lanes.db import connect, ensure_indexes, now
 from lanes.requests import Outcome, Requests, new_request_id
 from lanes.retention import Reaper
 from lanes.settings import Settings
+from lanes.sweeper import Sweeper
 from tests.conftest import Workers, running_stack
-from tests.support import Api, management_api, wait_until
+from tests.support import Api, free_port_block, management_api, wait_until
 
 DAY = timedelta(days=1)
 
@@ -148,3 +151,67 @@ def test_purged_request_answers_404_and_its_key_is_bound_anew(short_retention: t
         "POST", "/enqueue", json={"action": "echo", "data": {"n": 1}}, headers={"Idempotency-Key": "once"}
     )
     assert again.status_code == 202 and again.json()["request_id"] != request_id
+
+
+# Commands a client sends to look after its connection, and our own counter reads.
+HOUSEKEEPING = {"hello", "ismaster", "isMaster", "ping", "endSessions", "serverStatus", "buildInfo", "listIndexes"}
+
+
+@pytest.fixture(scope="module")
+def private_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A FerretDB of its own, so its command counters count only this test's commands."""
+    server = FerretDB(tmp_path_factory.mktemp("sweep-cost"), port=free_port_block(1))
+    server.start()
+    try:
+        yield server.uri
+    finally:
+        server.stop()
+
+
+def _work_commands(client: Any) -> dict[str, int]:
+    counters = client.admin.command("serverStatus")["metrics"]["commands"]
+    return {name: int(c.get("total", 0)) for name, c in counters.items() if name not in HOUSEKEEPING}
+
+
+def _terminal_records(db: Any, count: int) -> None:
+    """Finished requests as the enqueue and the worker store them, inserted in bulk."""
+    for start in range(0, count, 1000):
+        ids = [new_request_id() for _ in range(min(1000, count - start))]
+        at = now()
+        db.requests.insert_many(
+            [{"_id": i, "user_id": "u", "action": "echo", "data_json": "{}", "created_at": at} for i in ids]
+        )
+        db.claims.insert_many([{"_id": i, "by": "worker", "at": at, "attempts": 1} for i in ids])
+        db.outcomes.insert_many(
+            [
+                {"_id": i, "user_id": "u", "action": "echo", "status": "done", "result_json": "{}", "finished_at": at}
+                for i in ids
+            ]
+        )
+
+
+def test_a_sweep_reads_the_same_with_0_and_20000_terminal_records(
+    private_database: str, lanes_env: dict[str, str]
+) -> None:
+    settings = Settings(mongo_uri=private_database + "lanes_sweep_cost", rabbitmq_url=lanes_env["RABBITMQ_URL"])
+    db = connect(settings)
+    ensure_indexes(db)
+    sweeper, reaper = Sweeper(settings), Reaper(db, settings)
+
+    def one_pass() -> dict[str, int]:
+        """What run_sweeper does once it leads: a sweep, then a retention pass."""
+        before = _work_commands(db.client)
+        sweeper.sweep()
+        reaper.reap()
+        after = _work_commands(db.client)
+        return {name: total - before.get(name, 0) for name, total in after.items() if total != before.get(name, 0)}
+
+    empty = one_pass()
+    _terminal_records(db, 20_000)
+    started = time.perf_counter()
+    full = one_pass()
+    seconds = time.perf_counter() - started
+
+    assert full == empty, f"commands of a pass: {empty} with 0, {full} with 20,000 terminal records"
+    assert empty.get("find", 0) > 0  # the pass does look at the database
+    print(f"one pass with 20,000 terminal records: {full} in {seconds * 1000:.0f} ms")

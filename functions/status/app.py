@@ -11,7 +11,7 @@ from lanes.httpmetrics import add_collector
 from lanes.lanestats import LaneStats
 from lanes.logs import configure_logging
 from lanes.openapi import load_openapi
-from lanes.requests import Requests, public_view
+from lanes.requests import Requests, listed_view, public_view
 from lanes.settings import Settings, load_settings
 from lanes.sweeper import start_sweeper
 from lanes.tokens import TokenService
@@ -58,9 +58,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     def list_requests() -> Response:
         user, _claims = authenticate(sessions)
         query = validation.list_query(request.args.to_dict(flat=True))
-        records = requests.list_owned(user.id, query.status, query.limit + 1, query.after)
-        page = records[: query.limit]
-        next_after = page[-1]["_id"] if len(records) > query.limit else None
-        return jsonify({"items": [public_view(r) for r in page], "next_after": next_after})
+        page = requests.list_owned(user.id, query.status, query.limit, query.after)
+        items = [listed_view(record, settings.listing_result_max_bytes) for record in page.items]
+        return jsonify({"items": items, "next_after": page.next_after})
 
     return app

@@ -86,12 +86,48 @@ def public_view(record: dict[str, Any]) -> dict[str, Any]:
         "action": record["action"],
         "status": record["status"],
         "result": stored_value(record.get("result_json")),
+        **_state_fields(record),
+    }
+
+
+def listed_view(record: dict[str, Any], max_result_bytes: int) -> dict[str, Any]:
+    """A request as a listing shows it: a result larger than `max_result_bytes` (as stored
+    JSON) is left out and flagged, so a page costs what its items' sizes allow, not what
+    users stored (GET /requests/<id> has the whole result)."""
+    result_json = record.get("result_json")
+    # Characters first: only a short text is encoded to count its bytes.
+    omitted = result_json is not None and (
+        len(result_json) > max_result_bytes or len(result_json.encode()) > max_result_bytes
+    )
+    return {
+        "request_id": record["_id"],
+        "action": record["action"],
+        "status": record["status"],
+        "result": None if omitted else stored_value(result_json),
+        "result_omitted": omitted,
+        **_state_fields(record),
+    }
+
+
+def _state_fields(record: dict[str, Any]) -> dict[str, Any]:
+    return {
         "error": record.get("error"),
         "attempts": record.get("attempts", 0),
         "created_at": iso(record.get("created_at")),
         "started_at": iso(record.get("started_at")),
         "finished_at": iso(record.get("finished_at")),
     }
+
+
+LIST_SCAN_MAX = 1000  # records one listing page looks at, at most
+
+
+@dataclass(frozen=True)
+class Page:
+    """A listing page: its records, and the id to list after for the next page (None: no more)."""
+
+    items: list[dict[str, Any]]
+    next_after: str | None
 
 
 @dataclass(frozen=True)
@@ -184,14 +220,23 @@ class Requests:
         return record
 
     @translate_errors
-    def list_owned(self, user_id: str, status: str | None, limit: int, after: str | None) -> list[dict[str, Any]]:
-        """A user's requests oldest first, with derived statuses; at most `limit` of `status`."""
+    def list_owned(self, user_id: str, status: str | None, limit: int, after: str | None) -> Page:
+        """A user's requests oldest first, with derived statuses; at most `limit` of `status`.
+
+        At most LIST_SCAN_MAX records are looked at per page, so a status filter over a
+        long history costs one bounded page: it may come back short, or empty, with
+        `next_after` set; the client pages on until `next_after` is None."""
         query: dict[str, Any] = {"user_id": user_id}
         if after:
             query["_id"] = {"$gt": after}
         listed: list[dict[str, Any]] = []
         claimed_head_seen = False
-        for record in self._requests.find(query).sort("_id", 1):
+        examined, last = 0, None
+        # The request's data is never listed: leave it in the database.
+        for record in self._requests.find(query, {"data_json": 0, "fingerprint": 0}).sort("_id", 1):
+            if len(listed) >= limit or examined >= LIST_SCAN_MAX:
+                return Page(listed, last)
+            examined, last = examined + 1, record["_id"]
             outcome = self._outcomes.find_one({"_id": record["_id"]})
             claim = None
             if outcome is None and not claimed_head_seen:
@@ -202,9 +247,7 @@ class Requests:
             derived = _derive(record, claim, outcome)
             if status is None or derived["status"] == status:
                 listed.append(derived)
-                if len(listed) >= limit:
-                    break
-        return listed
+        return Page(listed, None)
 
     @translate_errors
     def cancel(self, request_id: str | None, user_id: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from lanes.errors import DatabaseError
 from lanes.logs import configure_logging
 from lanes.protocol import LanePublisher
 from lanes.queueing import Enqueuer
+from lanes.ratelimit import RateLimiter
 from lanes.requests import Requests, public_view
 from lanes.settings import Settings, load_settings
 from lanes.tokens import TokenService
@@ -32,6 +33,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     known_actions = build_registry(settings).names
     enqueuer = Enqueuer(settings, Requests(db), LanePublisher(settings, ChannelPool(settings)))
+    # Per user, in this process's memory: the limit costs no round trip (lanes.ratelimit).
+    per_user = RateLimiter(settings.enqueue_rate_per_second, settings.enqueue_burst)
     app = create_base_app("enqueue", settings)
     app.register_blueprint(
         health_blueprint({"database": lambda: ping(db), "broker": lambda: check_connection(settings)})
@@ -40,6 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.post("/enqueue")
     def enqueue() -> tuple[Response, int]:
         user, _claims = authenticate(sessions)
+        per_user.check(user.id, "Too many requests from you; slow down.", code="rate_limited")
         body = validation.enqueue_body(json_body(), known_actions)
         g.action = body.action
         key = validation.idempotency_key(request.headers.get("Idempotency-Key"))

@@ -28,7 +28,7 @@ from bench.context import FULL, QUICK, Context
 from bench.infra import Isolation
 from bench.lanes_stack import start_stack
 from bench.procs import STOP, Processes
-from bench.scenarios import broker, coldstart, e2e, enqueue, fairness, scale
+from bench.scenarios import broker, coldstart, e2e, enqueue, fairness, growth, scale
 from deploy import services
 from deploy.template import ROOT
 
@@ -64,12 +64,13 @@ PHASES: list[Phase] = [
     ("enqueue", ("stack",), enqueue.run, 20),
     ("stop", (), stop_stacks, 0),
     ("scale", (), scale.run, 20),
+    ("growth", (), growth.run, 60),
 ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small workloads, about 2 minutes (default: full)")
+    parser.add_argument("--quick", action="store_true", help="small workloads, about 3 minutes (default: full)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the report goes (default: bench/results)")
     parser.add_argument("--only", help="comma-separated scenarios to run, for working on one (e.g. e2e,scale)")
     parser.add_argument(

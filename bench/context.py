@@ -38,6 +38,11 @@ class Sizes:
     scale_requests: int  # requests per lane count, at least one per lane
     scale_fill_seconds: float
     scale_drain_seconds: float
+    growth_records: int  # terminal requests loaded before the second run
+    growth_users: int
+    growth_per_user: int
+    growth_enqueue_rate: float  # /enqueue per second for the latency figure
+    growth_reap_seconds: float
 
     @property
     def users(self) -> int:
@@ -50,7 +55,7 @@ class Sizes:
 
 FULL = Sizes(
     mode="full",
-    budget=585,
+    budget=800,
     workers=2,
     broker_messages=20000,
     broker_seconds=3,
@@ -67,11 +72,16 @@ FULL = Sizes(
     scale_requests=1000,
     scale_fill_seconds=95,
     scale_drain_seconds=15,
+    growth_records=100_000,
+    growth_users=100,
+    growth_per_user=20,
+    growth_enqueue_rate=40,
+    growth_reap_seconds=90,
 )
 
 QUICK = Sizes(
     mode="quick",
-    budget=120,
+    budget=170,
     workers=2,
     broker_messages=3000,
     broker_seconds=1,
@@ -88,6 +98,11 @@ QUICK = Sizes(
     scale_requests=500,
     scale_fill_seconds=12,
     scale_drain_seconds=6,
+    growth_records=5_000,
+    growth_users=20,
+    growth_per_user=5,
+    growth_enqueue_rate=20,
+    growth_reap_seconds=10,
 )
 
 

@@ -93,6 +93,21 @@ def targets(r: dict[str, Any]) -> list[Target]:
             None if p99 is None else p99 <= 1000 and bool(left),
         )
     )
+    ratio = _ratio(r.get("lanes_growth_rps_loaded"), r.get("lanes_growth_rps_empty"))
+    out.append(
+        Target(
+            "end to end with stored history vs empty",
+            f"{ratio}x",
+            ">= 0.9x",
+            None if ratio is None else ratio >= 0.9,
+        )
+    )
+    ratio = _ratio(r.get("lanes_growth_enqueue_p99_ms_loaded"), r.get("lanes_growth_enqueue_p99_ms_empty"))
+    out.append(
+        Target(
+            "enqueue p99 with stored history vs empty", f"{ratio}x", "<= 1.2x", None if ratio is None else ratio <= 1.2
+        )
+    )
     by_count = r.get("lanes_e2e_rps_by_count") or {}
     if by_count:
         low, high = min(by_count, key=int), max(by_count, key=int)
@@ -190,6 +205,45 @@ def markdown(r: dict[str, Any], plots: list[str] | None = None) -> str:
             (f"Lane queues' memory, {int(count):,} lanes", "lanes_memory_mb_by_count", memory[count], None, "MB")
         )
     rows.append(("Cold start: worker start → first result", "cold_start_s", r.get("cold_start_s"), None, "s"))
+    stored = d.get("growth", {}).get("records")
+    rows += [
+        ("Lanes end to end, empty database", "lanes_growth_rps_empty", r.get("lanes_growth_rps_empty"), None, "req/s"),
+        (
+            f"Lanes end to end, {_fmt(stored)} terminal requests stored",
+            "lanes_growth_rps_loaded",
+            r.get("lanes_growth_rps_loaded"),
+            r.get("lanes_growth_rps_empty"),
+            "req/s",
+        ),
+        (
+            "Lanes /enqueue p99, empty database",
+            "lanes_growth_enqueue_p99_ms_empty",
+            r.get("lanes_growth_enqueue_p99_ms_empty"),
+            None,
+            "ms",
+        ),
+        (
+            f"Lanes /enqueue p99, {_fmt(stored)} terminal requests stored",
+            "lanes_growth_enqueue_p99_ms_loaded",
+            r.get("lanes_growth_enqueue_p99_ms_loaded"),
+            r.get("lanes_growth_enqueue_p99_ms_empty"),
+            "ms",
+        ),
+        (
+            "Database size before reaping",
+            "lanes_growth_db_mb_before_reaping",
+            r.get("lanes_growth_db_mb_before_reaping"),
+            None,
+            "MB",
+        ),
+        (
+            "Database size after reaping (dbStats)",
+            "lanes_growth_db_mb_after_reaping",
+            r.get("lanes_growth_db_mb_after_reaping"),
+            r.get("lanes_growth_db_mb_before_reaping"),
+            "MB",
+        ),
+    ]
 
     lines = [
         f"# Lanes benchmark ({meta['mode']})",

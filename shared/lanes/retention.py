@@ -16,7 +16,8 @@ delete_one scans the whole table (measured: 0.56 s for a 500-document `_id` rang
 the front with a bare limit, which streams and stops, and deletes each document with
 find-and-modify by `_id`. A pass costs one peek per collection when nothing is due, and
 otherwise what it deletes plus the documents it must keep (open requests started long
-ago, unhandled dead letters) that sit in front of them.
+ago, unhandled dead letters) that sit in front of them. A document stored out of
+order (a restore, an import of old data) is purged once those in front of it are.
 """
 
 from __future__ import annotations

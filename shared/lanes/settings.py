@@ -146,6 +146,8 @@ class Settings:
         for name in not_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.upper()} must not be negative")
+        if 0 < self.retention_days < 1:
+            raise ConfigError("RETENTION_DAYS must be 0 (keep) or at least 1: an Idempotency-Key holds 24 hours")
         if self.enqueue_rate_per_second > 0 and self.enqueue_burst < 1:
             raise ConfigError("ENQUEUE_BURST must be at least 1 while ENQUEUE_RATE_PER_SECOND is on")
         if self.lane_linger_seconds < 0:

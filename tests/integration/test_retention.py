@@ -9,16 +9,17 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import jwt
 import pymongo
 import pytest
 
 from deploy.services import FerretDB
 from lanes.db import connect, ensure_indexes, now
-from lanes.requests import Outcome, Requests, new_request_id
+from lanes.requests import Outcome, Requests, body_fingerprint, new_request_id
 from lanes.retention import Reaper
 from lanes.settings import Settings
 from lanes.sweeper import Sweeper
-from tests.conftest import Workers, running_stack
+from tests.conftest import running_stack
 from tests.support import Api, free_port_block, management_api, wait_until
 
 DAY = timedelta(days=1)
@@ -108,8 +109,9 @@ def test_retention_zero_keeps_requests_forever(fresh_db: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def short_retention(lanes_env: dict[str, str]) -> Iterator[tuple[Api, dict[str, str]]]:
-    """A stack of its own (vhost, database, sweeper election) that keeps requests ~2 s."""
+def day_retention(lanes_env: dict[str, str]) -> Iterator[tuple[Api, Any]]:
+    """A stack of its own (vhost, database, sweeper election) keeping requests one day,
+    sweeping every second, with no worker: what the status function does alone."""
     run_id = uuid.uuid4().hex[:8]
     vhost, database = f"lanes-retention-{run_id}", f"lanes_retention_stack_{run_id}"
     management_api("PUT", f"/api/vhosts/{vhost}")
@@ -118,39 +120,58 @@ def short_retention(lanes_env: dict[str, str]) -> Iterator[tuple[Api, dict[str, 
         **lanes_env,
         "RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
         "MONGO_URI": f"mongodb://127.0.0.1:27017/{database}",
-        "RETENTION_DAYS": str(2 / 86400),
+        "RETENTION_DAYS": "1",
         "SWEEP_INTERVAL_SECONDS": "1",
     }
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(env["MONGO_URI"], tz_aware=True)
     try:
         with running_stack(env) as base_url:
-            yield Api(base_url), env
+            yield Api(base_url), client.get_default_database()
     finally:
         management_api("DELETE", f"/api/vhosts/{vhost}")
-        pymongo.MongoClient(env["MONGO_URI"]).drop_database(database)
+        client.drop_database(database)
+        client.close()
 
 
-def test_purged_request_answers_404_and_its_key_is_bound_anew(short_retention: tuple[Api, dict[str, str]]) -> None:
-    """The status function's elected sweeper purges, with no worker running."""
-    api, env = short_retention
+def test_a_purged_request_answers_404_and_its_key_is_bound_anew(day_retention: tuple[Api, Any]) -> None:
+    # Given a request of a user that finished two days ago, bound to an Idempotency-Key
+    # (stored as the enqueue and the worker store them), and the stack's sweeper running
+    api, db = day_retention
     user = api.new_user("retained")
-    request_id = user.enqueue("echo", {"n": 1}, headers={"Idempotency-Key": "once"})
-    workers = Workers(env)
-    try:
-        workers.start(1)
-        user.wait_terminal([request_id])
-    finally:
-        workers.stop_all()
-
-    wait_until(
-        lambda: user.call("GET", f"/requests/{request_id}").status_code == 404,
-        timeout=20,
-        what="the finished request to be purged",
+    user_id = jwt.decode(str(user.token), options={"verify_signature": False})["sub"]
+    old = new_request_id()
+    requests = Requests(db)
+    requests.reserve_key(user_id, "once", old, body_fingerprint("echo", {"n": 1}))
+    requests.create(old, user_id, "echo", "{}", "fp")
+    requests.claim(old)
+    finished = now() - 2 * DAY
+    db.outcomes.insert_one(
+        {
+            "_id": old,
+            "user_id": user_id,
+            "action": "echo",
+            "status": "done",
+            "result_json": "{}",
+            "attempts": 1,
+            "started_at": finished,
+            "finished_at": finished,
+        }
     )
-    assert request_id not in [item["request_id"] for item in user.call("GET", "/requests").json()["items"]]
+    db.idempotency_keys.update_many({}, {"$set": {"created_at": finished}})  # bound at its enqueue
+    assert user.call("GET", f"/requests/{old}").status_code == 200
+
+    # When the status function's elected sweeper runs its retention pass (no worker runs)
+    wait_until(
+        lambda: user.call("GET", f"/requests/{old}").status_code == 404, timeout=20, what="the request to be purged"
+    )
+
+    # Then it is gone from listings too, and its key binds a new request
+    assert old not in [item["request_id"] for item in user.call("GET", "/requests").json()["items"]]
+    wait_until(lambda: db.idempotency_keys.count_documents({}) == 0, timeout=10, what="the key to be purged")
     again = user.call(
         "POST", "/enqueue", json={"action": "echo", "data": {"n": 1}}, headers={"Idempotency-Key": "once"}
     )
-    assert again.status_code == 202 and again.json()["request_id"] != request_id
+    assert again.status_code == 202 and again.json()["request_id"] != old
 
 
 # Commands a client sends to look after its connection, and our own counter reads.

@@ -196,7 +196,9 @@ class Requests:
 
     @translate_errors
     def release_key(self, user_id: str, key: str) -> None:
-        self._keys.delete_one({"_id": _key_id(user_id, key)})
+        # Find-and-modify: FerretDB answers it by `_id` through its index, a delete_one
+        # by scanning the collection (docs/design.md §4.9).
+        self._keys.find_one_and_delete({"_id": _key_id(user_id, key)})
 
     @translate_errors
     def get(self, request_id: str) -> dict[str, Any] | None:

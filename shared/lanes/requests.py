@@ -35,6 +35,7 @@ from pymongo.errors import DuplicateKeyError
 
 from lanes.db import iso, now, translate_errors
 from lanes.errors import Conflict, NotFound
+from lanes.inserts import GroupInserts
 
 TERMINAL = ("done", "failed", "cancelled")
 
@@ -141,7 +142,10 @@ class Claim:
 
 
 class Requests:
-    def __init__(self, db: Database[dict[str, Any]]) -> None:
+    def __init__(self, db: Database[dict[str, Any]], inserts: GroupInserts | None = None) -> None:
+        # Records, claims and outcomes are written together with the process's other
+        # inserts of the moment (lanes.inserts): one command for several documents.
+        self._inserts = inserts or GroupInserts()
         self._requests = db.requests
         self._outcomes = db.outcomes
         self._keys = db.idempotency_keys
@@ -172,7 +176,7 @@ class Requests:
         if correlation_id is not None:
             record["correlation_id"] = correlation_id  # the worker logs it with the outcome
         try:
-            self._requests.insert_one(record)
+            self._inserts.insert(self._requests, record)
         except DuplicateKeyError:
             return self._requests.find_one({"_id": request_id}) or record
         return record
@@ -272,7 +276,7 @@ class Requests:
         """Make sure a request whose acceptance failed never starts, should its message arrive.
         False when a worker started it first (then it did arrive, and runs)."""
         try:
-            self._claims.insert_one({"_id": request_id, "by": "refused", "at": now(), "attempts": 0})
+            self._inserts.insert(self._claims, {"_id": request_id, "by": "refused", "at": now(), "attempts": 0})
         except DuplicateKeyError:
             existing = self._claims.find_one({"_id": request_id}) or {}
             return existing.get("by") != "worker"
@@ -282,7 +286,7 @@ class Requests:
         """Insert a claim for `claimant`; returns the request's claim, whoever holds it."""
         at = now()
         try:
-            self._claims.insert_one({"_id": request_id, "by": claimant, "at": at, "attempts": 1})
+            self._inserts.insert(self._claims, {"_id": request_id, "by": claimant, "at": at, "attempts": 1})
             return Claim(by=claimant, at=at, attempts=1, fresh=True)
         except DuplicateKeyError:
             existing = self._claims.find_one({"_id": request_id})
@@ -331,7 +335,7 @@ class Requests:
             "finished_at": now(),
         }
         try:
-            self._outcomes.insert_one(document)
+            self._inserts.insert(self._outcomes, document)
         except DuplicateKeyError:
             document = self._outcomes.find_one({"_id": request_id}) or document
         return document

@@ -35,6 +35,15 @@ OPENFAAS_SECRETS = "/var/openfaas/secrets"
 SECRET_FILES = "/var/run/lanes/secrets"
 HEADER = "# Rendered from template.yaml by `python -m deploy.render`; edit the template, not this file.\n"
 Manifest = dict[str, Any]
+# Settings every rendered function gets unless template.yaml sets them. The proxies in
+# front of a function all live in the cluster: on Knative the queue-proxy (127.0.0.1, in
+# the pod), the activator and the ingress; on OpenFaaS the gateway and the ingress. Their
+# pod ranges are private ones; narrow these to the cluster's (README, "Security").
+# The `fail` test action is off: anyone with an account could fill the dead letters.
+PLATFORM_ENV = {
+    "TRUSTED_PROXIES": "127.0.0.1/32,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7",
+    "ENABLE_FAIL_ACTION": "false",
+}
 
 
 # -- shared pieces ---------------------------------------------------------------
@@ -60,7 +69,7 @@ def config_map(template: Template, namespace: str) -> Manifest:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata(template, f"{template.name}-config", namespace),
-        "data": dict(template.env),
+        "data": {**PLATFORM_ENV, **template.env},
     }
 
 
@@ -269,7 +278,7 @@ def render_knative(template: Template) -> dict[str, Any]:
 
 def openfaas_function(template: Template, function: Function) -> dict[str, Any]:
     """One function's fields as stack.yml and the Function resource share them."""
-    environment = {**template.env_of(function), "SECRETS_DIR": OPENFAAS_SECRETS}
+    environment = {**PLATFORM_ENV, **template.env_of(function), "SECRETS_DIR": OPENFAAS_SECRETS}
     secrets = []
     for secret in (template.secret(name) for name in function.secrets):
         if secret.optional:

@@ -47,7 +47,6 @@ def lanes_env(running_services: None, tmp_path_factory: pytest.TempPathFactory) 
         "MONGO_URI": f"mongodb://127.0.0.1:27017/{database}",
         "DATA_DIR": str(tmp_path_factory.mktemp("lanes-data")),
         "LOG_LEVEL": "WARNING",
-        "TRUSTED_PROXY_HOPS": "2",
         "JWT_SECRET": "",
         "JWT_PUBLIC_KEY_FILE": "",
         "JWT_PRIVATE_KEY_FILE": "",

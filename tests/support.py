@@ -67,8 +67,9 @@ class Api:
         self.base_url = base_url
         self.token = token
         self.session = requests.Session()
-        # Test stacks trust two proxy hops, so each client can stand for its own
-        # address and one test's failed logins never throttle another's.
+        # Test clients reach the router from 127.0.0.1, an address of a trusted proxy
+        # (TRUSTED_PROXIES' default), so the entry they send is believed: each client can
+        # stand for its own address and one test's failed logins never throttle another's.
         self.address = address or f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
         self.session.headers["X-Forwarded-For"] = self.address
 

@@ -22,13 +22,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     sessions = Sessions(
         Users(db, PasswordHasher(settings)), TokenService(settings, can_sign=True), LoginThrottle(db, settings)
     )
+    proxies = settings.proxies
     app = create_base_app("login", settings)
     app.register_blueprint(health_blueprint({"database": lambda: ping(db)}))
 
     @app.post("/login")
     def login() -> Response:
         credentials = validation.credentials(json_body(), check_rules=False)
-        issued = sessions.login(credentials, client_address(settings.trusted_proxy_hops))
+        issued = sessions.login(credentials, client_address(proxies))
         return jsonify({"access_token": issued.access_token, "token_type": "Bearer", "expires_in": issued.expires_in})
 
     @app.post("/logout")

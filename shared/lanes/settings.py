@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from lanes.errors import ConfigError
+from lanes.proxies import TrustedProxies, parse_networks
 
 # The seed's .env ships this placeholder; running with it would make every
 # token forgeable by anyone who has read the seed.
@@ -46,7 +47,9 @@ class Settings:
     request_timeout_seconds: float = 60.0
     retry_after_seconds: int = 5
     actions_module: str = ""
-    enable_fail_action: bool = True
+    # Off: any account could fill the dead letters and fire alerts. The local runner
+    # (`make run`, the tests) turns it on to show retries and dead letters.
+    enable_fail_action: bool = False
 
     worker_slots: int = 4
     # Lanes one slot holds at once (their requests take turns in the slot; more than
@@ -61,7 +64,9 @@ class Settings:
     login_max_failures: int = 5
     login_window_seconds: int = 900
     login_lock_max_seconds: int = 900
-    trusted_proxy_hops: int = 1
+    # Proxies whose X-Forwarded-For entries are believed, by address range (lanes.proxies):
+    # the local router by default; rendered manifests set each platform's (README, "Security").
+    trusted_proxies: str = "127.0.0.1/32,::1/128"
     # How long a process trusts its last look at a token's user and revocation (0 = never):
     # a token revoked elsewhere keeps working in that process for at most this long.
     auth_cache_seconds: float = 5.0
@@ -134,8 +139,12 @@ class Settings:
             raise ConfigError("FAULT_CRASH_AFTER_STORE must be a probability")
         if not 0 <= self.metrics_port <= 65535 or self.metrics_cache_seconds < 0:
             raise ConfigError("METRICS_PORT must be a port (0 = off) and METRICS_CACHE_SECONDS not negative")
-        if self.sleep_max_ms < 0 or self.retry_backoff_seconds < 0 or self.trusted_proxy_hops < 0:
-            raise ConfigError("SLEEP_MAX_MS, RETRY_BACKOFF_SECONDS and TRUSTED_PROXY_HOPS must not be negative")
+        if self.sleep_max_ms < 0 or self.retry_backoff_seconds < 0:
+            raise ConfigError("SLEEP_MAX_MS and RETRY_BACKOFF_SECONDS must not be negative")
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError:
+            raise ConfigError("TRUSTED_PROXIES must be addresses or CIDR ranges, separated by commas") from None
         not_negative = (
             "retention_days",
             "enqueue_rate_per_second",
@@ -191,6 +200,10 @@ class Settings:
         """The vhost named in RABBITMQ_URL's path, `/` when it names none (as pika reads it)."""
         path = urlparse(self.rabbitmq_url).path
         return unquote(path[1:]) if len(path) > 1 else "/"
+
+    @property
+    def proxies(self) -> TrustedProxies:
+        return TrustedProxies(parse_networks(self.trusted_proxies))
 
     @property
     def keys_dir(self) -> Path:

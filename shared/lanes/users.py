@@ -157,16 +157,18 @@ class Sessions:
         """A token for valid credentials; AuthError otherwise, TooManyRequests while throttled."""
         key = username_key(credentials.username)
         keys = LoginThrottle.keys(key, address)
-        if self._throttle is not None:
-            self._throttle.check(keys)
+        if self._throttle is None:
+            return self._tokens.issue(self._users.authenticate(credentials).id, key)
+        attempt = self._throttle.begin(keys)
         try:
             user = self._users.authenticate(credentials)
         except AuthError:
-            if self._throttle is not None:
-                self._throttle.record_failure(keys)
+            self._throttle.record_failure(attempt)
             raise
-        if self._throttle is not None:
-            self._throttle.record_success(key)
+        except Exception:
+            self._throttle.release(attempt)
+            raise
+        self._throttle.record_success(key, attempt)
         return self._tokens.issue(user.id, key)
 
     def current_user(self, bearer: str) -> tuple[User, Claims]:

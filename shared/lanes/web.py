@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,7 @@ from lanes.errors import (
     ValidationError,
 )
 from lanes.httpmetrics import instrument
+from lanes.proxies import TrustedProxies
 from lanes.settings import Settings
 from lanes.tokens import Claims
 from lanes.users import Sessions, User
@@ -147,14 +149,9 @@ def bearer_token() -> str:
     return token.strip()
 
 
-def client_address(trusted_proxy_hops: int) -> str | None:
-    """The client's address: behind N trusted proxies, the Nth entry from the right of
-    X-Forwarded-For (entries further left are whatever the client chose to send)."""
-    if trusted_proxy_hops > 0:
-        forwarded = [part.strip() for part in request.headers.get("X-Forwarded-For", "").split(",") if part.strip()]
-        if len(forwarded) >= trusted_proxy_hops:
-            return forwarded[-trusted_proxy_hops]
-    return request.remote_addr
+def client_address(proxies: TrustedProxies) -> str | None:
+    """The client's address, believing X-Forwarded-For only as far as `proxies` wrote it."""
+    return proxies.client(request.remote_addr, request.headers.getlist("X-Forwarded-For"))
 
 
 def authenticate(sessions: Sessions) -> tuple[User, Claims]:
@@ -164,9 +161,33 @@ def authenticate(sessions: Sessions) -> tuple[User, Claims]:
     return user, claims
 
 
-def health_blueprint(checks: dict[str, Callable[[], None]]) -> Blueprint:
-    """/healthz (the process answers) and /readyz (every dependency answers)."""
+# /readyz answers from a look this recent: each look opens a broker connection and pings
+# the database, and probes, load balancers and curious clients may call it many times a second.
+READY_CACHE_SECONDS = 2.0
+
+
+def health_blueprint(
+    checks: dict[str, Callable[[], None]],
+    cache_seconds: float = READY_CACHE_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+) -> Blueprint:
+    """/healthz (the process answers) and /readyz (every dependency answers, looked at
+    most once per cache_seconds)."""
     blueprint = Blueprint("health", __name__)
+    last: dict[str, Any] = {"at": None, "failed": {}}
+    looking = threading.Lock()
+
+    def failures() -> dict[str, str]:
+        with looking:  # one look at a time; the others wait for it and share its answer
+            if last["at"] is None or clock() - last["at"] >= cache_seconds:
+                failed = {}
+                for name, check in checks.items():
+                    try:
+                        check()
+                    except Exception as error:  # noqa: BLE001 - any failure means not ready
+                        failed[name] = type(error).__name__
+                last["at"], last["failed"] = clock(), failed
+            return dict(last["failed"])
 
     @blueprint.get("/healthz")
     # OpenFaaS Community Edition probes every function at this watchdog path and
@@ -177,17 +198,9 @@ def health_blueprint(checks: dict[str, Callable[[], None]]) -> Blueprint:
 
     @blueprint.get("/readyz")
     def readyz() -> Response:
-        failed = {}
-        for name, check in checks.items():
-            try:
-                check()
-            except Exception as error:  # noqa: BLE001 - any failure means not ready
-                failed[name] = type(error).__name__
+        failed = failures()
         if failed:
-            response = error_response(
-                503, "not_ready", f"Not ready: {', '.join(sorted(failed))}.", {"Retry-After": "5"}
-            )
-            return response
+            return error_response(503, "not_ready", f"Not ready: {', '.join(sorted(failed))}.", {"Retry-After": "5"})
         return jsonify({"status": "ready"})
 
     return blueprint

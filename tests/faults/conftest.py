@@ -46,7 +46,6 @@ def fault_env(private_services: tuple[RabbitMQ, FerretDB], tmp_path_factory: pyt
         "MONGO_URI": database.uri + "lanes_faults",
         "DATA_DIR": str(tmp_path_factory.mktemp("fault-data")),
         "LOG_LEVEL": "WARNING",
-        "TRUSTED_PROXY_HOPS": "2",
         "JWT_SECRET": "",
         "JWT_PUBLIC_KEY_FILE": "",
         "JWT_PRIVATE_KEY_FILE": "",

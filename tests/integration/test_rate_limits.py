@@ -137,3 +137,22 @@ def test_register_answers_a_taken_name_before_hashing(register: FlaskClient) -> 
     assert COMMANDS.names == ["find"]  # one look by `_id`, no insert
     assert refused < hashed / 4, f"409 took {refused:.3f} s, a registration {hashed:.3f} s"
 
+
+def test_register_is_throttled_per_client_address(register: FlaskClient) -> None:
+    crowd = f"203.0.113.{uuid.uuid4().int % 200 + 1}"
+    answers = [
+        register.post(
+            "/register",
+            json={"username": f"flood-{uuid.uuid4().hex[:10]}", "password": "x"},  # 400s count too
+            headers={"X-Forwarded-For": crowd},
+        )
+        for _ in range(4)
+    ]
+    assert [a.status_code for a in answers] == [400, 400, 400, 429]
+    assert answers[-1].json["error"] == "register_throttled" and int(answers[-1].headers["Retry-After"]) >= 1
+    other = register.post(
+        "/register",
+        json={"username": f"calm-{uuid.uuid4().hex[:10]}", "password": "x"},
+        headers={"X-Forwarded-For": "192.0.2.77"},
+    )
+    assert other.status_code == 400  # another address is not throttled

@@ -214,3 +214,29 @@ def test_rendering_is_deterministic(tmp_path: Path, rendered: Path) -> None:
     render.main(["knative", "--out", str(tmp_path)])
     for path in tmp_path.iterdir():
         assert path.read_text() == (rendered / "knative" / path.name).read_text()
+
+
+def _rendered_env(rendered: Path) -> dict[str, dict[str, str]]:
+    """The settings an HTTP function gets on each platform (Knative: its ConfigMap)."""
+    knative = objects(rendered / "knative")[("ConfigMap", f"{TEMPLATE.name}-config")]["data"]
+    stack = yaml.safe_load((rendered / "openfaas" / "stack.yml").read_text())
+    return {
+        "knative": knative,
+        **{f"openfaas {name}": spec["environment"] for name, spec in stack["functions"].items()},
+    }
+
+
+def test_rendered_functions_trust_the_cluster_proxies_and_find_the_client_behind_them(rendered: Path) -> None:
+    from lanes.settings import Settings
+
+    for where, env in _rendered_env(rendered).items():
+        proxies = Settings.from_env(env).proxies
+        # Knative: queue-proxy -> activator -> ingress; OpenFaaS: gateway -> ingress.
+        assert proxies.client("127.0.0.1", ["198.51.100.7, 10.1.0.4, 10.2.0.9"]) == "198.51.100.7", where
+        assert proxies.client("10.3.0.2", ["6.6.6.6, 198.51.100.7, 172.16.5.5"]) == "198.51.100.7", where
+        assert proxies.client("198.51.100.7", ["6.6.6.6"]) == "198.51.100.7", where
+
+
+def test_the_fail_action_is_off_in_rendered_manifests(rendered: Path) -> None:
+    for where, env in _rendered_env(rendered).items():
+        assert env["ENABLE_FAIL_ACTION"] == "false", where

@@ -62,9 +62,10 @@ def test_fail_fails_the_first_attempts_then_succeeds() -> None:
     assert fail({"times": 2}, _context(attempt=3)) == {"succeeded_on_attempt": 3}
 
 
-def test_fail_can_be_switched_off() -> None:
+def test_fail_is_off_unless_switched_on() -> None:
+    assert "fail" not in build_registry(Settings()).names
     assert "fail" not in build_registry(Settings(enable_fail_action=False)).names
-    assert {"echo", "sleep", "fail"} <= build_registry(Settings()).names
+    assert {"echo", "sleep", "fail"} <= build_registry(Settings(enable_fail_action=True)).names
 
 
 def test_user_actions_come_from_a_module() -> None:

@@ -71,8 +71,18 @@ def function_env(template: Template, function: Function, base: dict[str, str]) -
     return env
 
 
-def base_env(data_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
+# The runner is the local platform: here the `fail` action is on (unless the environment or
+# .env says otherwise), since it is how a newcomer sees retries and dead letters.
+LOCAL_DEFAULTS = {"ENABLE_FAIL_ACTION": "true"}
+
+
+def base_env(data_dir: Path, env_file: Path = ROOT / ".env") -> dict[str, str]:
+    """The environment every process gets: the runner's own, over the repository's .env
+    (each function runs in its own folder, so would not find it), over LOCAL_DEFAULTS."""
+    from dotenv import dotenv_values
+
+    dotenv = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    env = {**LOCAL_DEFAULTS, **dotenv, **os.environ}
     env.setdefault("DATA_DIR", str(data_dir))
     env["PYTHONUNBUFFERED"] = "1"
     if not (env.get("JWT_SECRET") or env.get("JWT_PUBLIC_KEY_FILE")):
@@ -86,7 +96,9 @@ def base_env(data_dir: Path) -> dict[str, str]:
 def nginx_head(run_dir: Path) -> str:
     """The start of every nginx config we run: one worker in the foreground, files under
     run_dir, keep-alive upstreams; the caller adds upstreams and the server and closes `http {`."""
-    user = "user root;\n" if os.geteuid() == 0 else ""
+    # Started as root, nginx would keep its workers root too with `user root`: the workers,
+    # which parse what clients send, run as nobody (the master alone keeps root).
+    user = f"user nobody {_nobody_group()};\n" if os.geteuid() == 0 else ""
     return f"""{user}worker_processes 1;
 pid {run_dir}/nginx.pid;
 error_log stderr warn;
@@ -106,6 +118,17 @@ http {{
 """
 
 
+def _nobody_group() -> str:
+    import grp
+
+    for name in ("nogroup", "nobody"):
+        try:
+            return grp.getgrnam(name).gr_name
+        except KeyError:
+            continue
+    return "nobody"
+
+
 def nginx_config(
     template: Template, port: int, ports: dict[str, int], run_dir: Path, max_body_bytes: int = 65536
 ) -> str:
@@ -121,6 +144,13 @@ def nginx_config(
   # function that answered before reading a large body would close the connection under
   # nginx, and the client would be told to retry (503) what can never succeed.
   client_max_body_size {max_body_bytes};
+  # A body that may be accepted fits one buffer, and answers are never spooled to disk:
+  # the workers (nobody) need no writable folder, and a request costs at most the limit.
+  client_body_buffer_size {max_body_bytes};
+  proxy_max_temp_file_size 0;
+  # A request line or header over 4 KiB is refused here, in Lanes' error shape, before it
+  # could reach gunicorn, whose own refusal (over 8 KiB, gunicorn_conf) is an HTML page.
+  large_client_header_buffers 4 4k;
 """
         + f"""  proxy_read_timeout 60s;
 {chr(10).join(upstreams)}
@@ -129,14 +159,36 @@ def nginx_config(
     default_type application/json;
 {chr(10).join(locations)}
     location / {{ return 404 '{{"error": "not_found", "message": "No such route."}}\\n'; }}
-    # Errors the router answers itself keep Lanes' error shape too.
-    error_page 400 /_errors/400;
+    # Errors the router answers itself keep Lanes' error shape too, never nginx's HTML
+    # (494: a header too large; 501/505: a transfer coding or HTTP version nginx does not
+    # speak, the client's fault, so answered 400).
+    error_page 400 494 501 505 =400 /_errors/400;
+    error_page 405 /_errors/405;
+    error_page 408 /_errors/408;
+    error_page 411 /_errors/411;
     error_page 413 /_errors/413;
+    error_page 414 /_errors/414;
     error_page 502 503 504 =503 /_errors/503;
     location = /_errors/400 {{ internal; return 400 '{{"error": "bad_request", "message": "Malformed request."}}\\n'; }}
+    location = /_errors/405 {{
+      internal;
+      return 405 '{{"error": "method_not_allowed", "message": "Method not allowed."}}\\n';
+    }}
+    location = /_errors/408 {{
+      internal;
+      return 408 '{{"error": "request_timeout", "message": "The request was not sent in time."}}\\n';
+    }}
+    location = /_errors/411 {{
+      internal;
+      return 411 '{{"error": "length_required", "message": "Send a Content-Length."}}\\n';
+    }}
     location = /_errors/413 {{
       internal;
       return 413 '{{"error": "payload_too_large", "message": "The body is too large."}}\\n';
+    }}
+    location = /_errors/414 {{
+      internal;
+      return 414 '{{"error": "uri_too_long", "message": "The request line is too long."}}\\n';
     }}
     location = /_errors/503 {{
       internal;

@@ -54,6 +54,9 @@ def settings(function: str, worker_class: str) -> dict[str, Any]:
         "graceful_timeout": 20,
         "timeout": 30,
         "keepalive": 5,
+        # gunicorn's largest request line; the local router refuses at 4 KiB first, in
+        # Lanes' error shape (gunicorn's own 414 is an HTML page).
+        "limit_request_line": 8190,
         "accesslog": None,
         "errorlog": "-",
         "loglevel": loglevel,

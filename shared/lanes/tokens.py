@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -117,7 +118,10 @@ def ensure_local_keys(keys_dir: Path) -> tuple[Path, Path]:
     private_path, public_path = keys_dir / PRIVATE_KEY_NAME, keys_dir / PUBLIC_KEY_NAME
     if private_path.exists() and public_path.exists():
         return private_path, public_path
-    keys_dir.mkdir(parents=True, exist_ok=True)
+    # Private from the first byte: a folder only the owner may enter, a key file created 0600
+    # (written 0644 and chmod'ed after, it could be read in between).
+    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    keys_dir.chmod(0o700)
     key = Ed25519PrivateKey.generate()
     private_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -125,7 +129,13 @@ def ensure_local_keys(keys_dir: Path) -> tuple[Path, Path]:
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    private_path.write_bytes(private_pem)
-    private_path.chmod(0o600)
+    _write_private(private_path, private_pem)
     public_path.write_bytes(public_pem)
     return private_path, public_path
+
+
+def _write_private(path: Path, content: bytes) -> None:
+    path.unlink(missing_ok=True)  # a half-written pair from an earlier start
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(content)

@@ -14,9 +14,10 @@ from lanes.protocol import LanePublisher
 from lanes.queueing import Enqueuer
 from lanes.ratelimit import RateLimiter
 from lanes.requests import Requests, public_view
+from lanes.revocations import Revocations
 from lanes.settings import Settings, load_settings
 from lanes.tokens import TokenService
-from lanes.users import RecentUsers, Sessions, Users
+from lanes.users import Sessions, Users
 from lanes.web import authenticate, create_base_app, health_blueprint, json_body
 
 
@@ -28,9 +29,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         ensure_indexes(db)
     except DatabaseError:
         pass  # the database may come up after us; the worker creates the indexes too
-    sessions = Sessions(
-        Users(db), TokenService(settings, can_sign=False), recent=RecentUsers(settings.auth_cache_seconds)
-    )
+    sessions = Sessions(Users(db), TokenService(settings, can_sign=False), Revocations.from_settings(db, settings))
     known_actions = build_registry(settings).names
     enqueuer = Enqueuer(settings, Requests(db), LanePublisher(settings, ChannelPool(settings)))
     # Per user, in this process's memory: the limit costs no round trip (lanes.ratelimit).

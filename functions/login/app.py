@@ -8,6 +8,7 @@ from lanes import validation
 from lanes.db import connect, ping
 from lanes.logs import configure_logging
 from lanes.passwords import PasswordHasher
+from lanes.revocations import Revocations
 from lanes.settings import Settings, load_settings
 from lanes.throttle import LoginThrottle
 from lanes.tokens import TokenService
@@ -20,7 +21,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging("login", settings.log_level)
     db = connect(settings)
     sessions = Sessions(
-        Users(db, PasswordHasher(settings)), TokenService(settings, can_sign=True), LoginThrottle(db, settings)
+        Users(db, PasswordHasher(settings)),
+        TokenService(settings, can_sign=True),
+        Revocations.from_settings(db, settings),
+        LoginThrottle(db, settings),
     )
     proxies = settings.proxies
     app = create_base_app("login", settings)

@@ -12,10 +12,11 @@ from lanes.lanestats import LaneStats
 from lanes.logs import configure_logging
 from lanes.openapi import load_openapi
 from lanes.requests import Requests, listed_view, public_view
+from lanes.revocations import Revocations
 from lanes.settings import Settings, load_settings
 from lanes.sweeper import start_sweeper
 from lanes.tokens import TokenService
-from lanes.users import RecentUsers, Sessions, Users
+from lanes.users import Sessions, Users
 from lanes.web import authenticate, create_base_app, health_blueprint
 
 
@@ -23,9 +24,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     configure_logging("status", settings.log_level)
     db = connect(settings)
-    sessions = Sessions(
-        Users(db), TokenService(settings, can_sign=False), recent=RecentUsers(settings.auth_cache_seconds)
-    )
+    sessions = Sessions(Users(db), TokenService(settings, can_sign=False), Revocations.from_settings(db, settings))
     requests = Requests(db)
     app = create_base_app("status", settings)
     app.register_blueprint(

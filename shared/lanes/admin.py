@@ -1,7 +1,8 @@
-"""Operators' commands: look at dead letters and put one back into its lane.
+"""Operators' commands: look at dead letters, put one back into its lane, remove a user.
 
 python -m lanes.admin dead-letters [--limit N]
 python -m lanes.admin requeue REQUEST_ID
+python -m lanes.admin delete-user USERNAME
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from lanes.errors import LanesError
 from lanes.protocol import LanePublisher
 from lanes.queueing import Enqueuer
 from lanes.requests import Requests, request_data
+from lanes.revocations import Revocations
 from lanes.settings import Settings, load_settings
+from lanes.users import Users
 from lanes.validation import EnqueueBody
 
 
@@ -39,6 +42,16 @@ def requeue(settings: Settings, request_id: str) -> dict[str, Any]:
     return {"dead_letter": request_id, "requeued_as": accepted.record["_id"], "position": accepted.position}
 
 
+def delete_user(settings: Settings, username: str) -> dict[str, Any]:
+    """Remove a user and revoke their tokens: refused everywhere within AUTH_CACHE_SECONDS."""
+    db = connect(settings)
+    user_id = Users(db).delete(username)
+    if user_id is None:
+        raise LanesError(f"no user {username}", code="not_found")
+    Revocations.from_settings(db, settings).revoke_user(user_id)
+    return {"deleted": username}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lanes.admin", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -46,11 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     listing.add_argument("--limit", type=int, default=50)
     again = commands.add_parser("requeue", help="run a dead letter's request again, as a new request")
     again.add_argument("request_id")
+    removal = commands.add_parser("delete-user", help="remove a user; their tokens stop working")
+    removal.add_argument("username")
     args = parser.parse_args(argv)
     settings = load_settings()
     try:
         if args.command == "dead-letters":
             output: Any = list_dead_letters(settings, args.limit)
+        elif args.command == "delete-user":
+            output = delete_user(settings, args.username)
         else:
             output = requeue(settings, args.request_id)
     except LanesError as error:

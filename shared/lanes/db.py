@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
@@ -76,10 +78,21 @@ def ensure_indexes(db: Database[dict[str, Any]]) -> None:
     with contextlib.suppress(OperationFailure):
         db.requests.drop_index("status_1_created_at_1")
     try:
-        db.revoked_tokens.create_index("expires_at", expireAfterSeconds=0)
+        db.revocations.create_index("expires_at", expireAfterSeconds=0)
     except OperationFailure:
-        # FerretDB has no TTL indexes; `purge_expired_revocations` prunes instead.
-        pass
+        pass  # FerretDB has no TTL indexes; the reaper (lanes.retention) prunes instead
+
+
+def time_ordered_id(at: float | None = None, *, floor: bool = False) -> str:
+    """32 hex digits in a UUIDv7 layout: ids compare in the order they were made, so
+    "made since" is an `_id` range. With `floor`, the smallest id of the moment `at`."""
+    millis = (time.time_ns() // 1_000_000) if at is None else int(at * 1000)
+    if floor:
+        return f"{max(0, millis):012x}"
+    raw = bytearray(millis.to_bytes(6, "big") + os.urandom(10))
+    raw[6] = (raw[6] & 0x0F) | 0x70
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return raw.hex()
 
 
 def is_ferretdb(db: Database[dict[str, Any]]) -> bool:

@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +31,7 @@ from typing import Any
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from lanes.db import iso, now, translate_errors
+from lanes.db import iso, now, time_ordered_id, translate_errors
 from lanes.errors import Conflict, NotFound
 from lanes.inserts import GroupInserts
 
@@ -41,12 +39,8 @@ TERMINAL = ("done", "failed", "cancelled")
 
 
 def new_request_id() -> str:
-    """32 hex digits, time-ordered (a UUIDv7 layout), so `_id` order is acceptance order."""
-    millis = time.time_ns() // 1_000_000
-    raw = bytearray(millis.to_bytes(6, "big") + os.urandom(10))
-    raw[6] = (raw[6] & 0x0F) | 0x70
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    return raw.hex()
+    """Time-ordered (lanes.db.time_ordered_id), so `_id` order is acceptance order."""
+    return time_ordered_id()
 
 
 def accepted_at(request_id: str) -> float:

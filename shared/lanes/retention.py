@@ -82,7 +82,7 @@ class Reaper:
             ]
         window = moment - timedelta(seconds=self._settings.login_window_seconds)
         walks += [
-            ("revoked_tokens", lambda doc: _older(doc.get("expires_at"), moment), {"expires_at": 1}),
+            ("revocations", lambda doc: _older(doc.get("expires_at"), moment), {"expires_at": 1}),
             ("login_failures", lambda doc: _older(doc.get("at"), window), {"at": 1}),
         ]
         for name, judge, projection in walks:

@@ -67,8 +67,8 @@ class Settings:
     # Proxies whose X-Forwarded-For entries are believed, by address range (lanes.proxies):
     # the local router by default; rendered manifests set each platform's (README, "Security").
     trusted_proxies: str = "127.0.0.1/32,::1/128"
-    # How long a process trusts its last look at a token's user and revocation (0 = never):
-    # a token revoked elsewhere keeps working in that process for at most this long.
+    # How often a process reads what was revoked since its last look (lanes.revocations;
+    # 0 = on every call): a token revoked elsewhere keeps working here at most this long.
     auth_cache_seconds: float = 5.0
 
     # Retention (lanes.retention): terminal requests and what hangs off them are purged

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import random
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.database import Database
@@ -17,6 +12,7 @@ from pymongo.errors import DuplicateKeyError
 from lanes.db import now, translate_errors
 from lanes.errors import AuthError, Conflict
 from lanes.passwords import PasswordHasher
+from lanes.revocations import Revocations
 from lanes.throttle import LoginThrottle
 from lanes.tokens import Claims, IssuedToken, TokenService
 from lanes.validation import Credentials, username_key
@@ -34,7 +30,6 @@ class Users:
 
     def __init__(self, db: Database[dict[str, Any]], hasher: PasswordHasher | None = None) -> None:
         self._users = db.users
-        self._revoked = db.revoked_tokens
         self._hasher = hasher
 
     @property
@@ -75,67 +70,11 @@ class Users:
         return User(id=document["user_id"], username=document["username"])
 
     @translate_errors
-    def resolve(self, claims: Claims) -> User:
-        """The live user behind verified claims: not revoked, not deleted, not replaced."""
-        if self._revoked.find_one({"_id": claims.jti}, {"_id": 1}) is not None:
-            raise AuthError("The token has been revoked.", code="token_revoked")
-        document = self._users.find_one({"_id": claims.username_key}, {"user_id": 1, "username": 1})
-        if document is None or document["user_id"] != claims.user_id:
-            raise AuthError("The token's user no longer exists.", code="invalid_token")
-        return User(id=document["user_id"], username=document["username"])
-
-    @translate_errors
-    def revoke(self, claims: Claims) -> None:
-        expires_at = datetime.fromtimestamp(claims.expires_at, UTC)
-        with contextlib.suppress(DuplicateKeyError):
-            self._revoked.insert_one({"_id": claims.jti, "expires_at": expires_at})
-
-    @translate_errors
-    def delete(self, username: str) -> bool:
-        """Remove a user (operators' tool); their tokens stop working at once."""
-        return self._users.delete_one({"_id": username_key(username)}).deleted_count == 1
-
-    @translate_errors
-    def purge_expired_revocations(self) -> int:
-        """Drop denylist entries whose tokens have expired anyway."""
-        return self._revoked.delete_many({"expires_at": {"$lt": now()}}).deleted_count
-
-
-class RecentUsers:
-    """Who verified tokens belong to, remembered for a few seconds per token id.
-
-    Resolving a token costs two database reads (revocation, user); an enqueue should not
-    pay them on every call. The price is the bound of AUTH_CACHE_SECONDS: a token revoked
-    (logout) or whose user was deleted through another process keeps working that long
-    in a process that saw it just before. 0 turns the cache off."""
-
-    MAX_ENTRIES = 50_000
-
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._seconds = seconds
-        self._clock = clock
-        self._entries: dict[str, tuple[float, User]] = {}
-
-    def get(self, jti: str) -> User | None:
-        entry = self._entries.get(jti)
-        if entry is None or entry[0] <= self._clock():
-            return None
-        return entry[1]
-
-    def put(self, jti: str, user: User) -> None:
-        if self._seconds <= 0:
-            return
-        if len(self._entries) >= self.MAX_ENTRIES:
-            now_ = self._clock()
-            self._entries = {k: v for k, v in self._entries.items() if v[0] > now_}
-            if len(self._entries) >= self.MAX_ENTRIES:
-                self._entries.clear()
-        # Each entry lives a random part of the bound, so that entries made together are not
-        # all looked up again together (a burst of reads that stalls the requests behind it).
-        self._entries[jti] = (self._clock() + self._seconds * random.uniform(0.5, 1.0), user)
-
-    def forget(self, jti: str) -> None:
-        self._entries.pop(jti, None)
+    def delete(self, username: str) -> str | None:
+        """Remove a user; the removed user's id, None when there was none. Their tokens
+        stop working once the id is revoked too (`python -m lanes.admin delete-user`)."""
+        document = self._users.find_one_and_delete({"_id": username_key(username)})
+        return None if document is None else str(document["user_id"])
 
 
 class Sessions:
@@ -145,13 +84,13 @@ class Sessions:
         self,
         users: Users,
         tokens: TokenService,
+        revocations: Revocations,
         throttle: LoginThrottle | None = None,
-        recent: RecentUsers | None = None,
     ) -> None:
         self._users = users
         self._tokens = tokens
+        self._revocations = revocations
         self._throttle = throttle
-        self._recent = recent or RecentUsers(0)
 
     def login(self, credentials: Credentials, address: str | None = None) -> IssuedToken:
         """A token for valid credentials; AuthError otherwise, TooManyRequests while throttled."""
@@ -172,13 +111,11 @@ class Sessions:
         return self._tokens.issue(user.id, key)
 
     def current_user(self, bearer: str) -> tuple[User, Claims]:
+        """Who a bearer token speaks for. No database round trip: the signature and claims
+        say who, and this process's feed of revocations says whether it still may."""
         claims = self._tokens.verify(bearer)
-        user = self._recent.get(claims.jti)
-        if user is None:
-            user = self._users.resolve(claims)
-            self._recent.put(claims.jti, user)
-        return user, claims
+        self._revocations.check(claims)
+        return User(id=claims.user_id, username=claims.username_key), claims
 
     def logout(self, claims: Claims) -> None:
-        self._users.revoke(claims)
-        self._recent.forget(claims.jti)
+        self._revocations.revoke_token(claims)

@@ -75,8 +75,11 @@ def test_reaper_deletes_exactly_what_is_past_retention_and_nothing_open(fresh_db
     db.requests.insert_one({"_id": young, "user_id": "u1", "action": "echo", "created_at": later})
     db.claims.insert_one({"_id": young, "by": "worker", "at": later, "attempts": 1})
     db.outcomes.insert_one({"_id": young, "user_id": "u1", "status": "done", "finished_at": later})
-    db.revoked_tokens.insert_many(
-        [{"_id": "expired", "expires_at": now() - DAY}, {"_id": "valid", "expires_at": now() + 30 * DAY}]
+    db.revocations.insert_many(
+        [
+            {"_id": "expired", "kind": "token", "subject": "t1", "expires_at": now() - DAY},
+            {"_id": "valid", "kind": "user", "subject": "u1", "expires_at": now() + 30 * DAY},
+        ]
     )
     db.login_failures.insert_many([{"_id": "old", "key": "user:x", "at": now()}])
 
@@ -92,7 +95,7 @@ def test_reaper_deletes_exactly_what_is_past_retention_and_nothing_open(fresh_db
     assert refused not in _ids(db, "claims")
     assert [doc["request_id"] for doc in db.idempotency_keys.find()] == [queued]
     assert _ids(db, "dead_letters") == {unhandled}
-    assert _ids(db, "revoked_tokens") == {"valid"}
+    assert _ids(db, "revocations") == {"valid"}
     assert _ids(db, "login_failures") == set()
     assert reaped.counts["outcomes"] == 3 and reaped.counts["claims"] == 5  # 3 with their outcomes
     assert requests.get(done) is None and requests.get(queued) is not None

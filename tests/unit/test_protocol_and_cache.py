@@ -1,13 +1,18 @@
-"""Pure pieces of lane protocol v2: the message format, the auth cache's bound, the write concern."""
+"""Pure pieces of lane protocol v2: the message format, verified tokens, the write concern."""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
+import jwt
 import pytest
 
 from lanes.db import connect
+from lanes.errors import AuthError
 from lanes.protocol import LaneMessage, token_body, token_owner
 from lanes.settings import Settings
-from lanes.users import RecentUsers, User
+from lanes.tokens import TokenService
 
 
 def test_a_lane_message_carries_the_whole_request_and_round_trips() -> None:
@@ -28,24 +33,32 @@ def test_a_token_names_its_lane_and_a_bad_one_is_a_value_error() -> None:
         token_owner(b'{"user": "u9"}')
 
 
-def test_a_remembered_user_expires_after_the_bound_and_logout_forgets_at_once() -> None:
-    now = [100.0]
-    recent = RecentUsers(5, clock=lambda: now[0])
-    user = User(id="u1", username="ada")
-    recent.put("jti-1", user)
-    recent.put("jti-2", user)
-    now[0] += 2.4
-    assert recent.get("jti-1") == user  # each entry lives at least half the bound
-    now[0] += 2.7
-    assert recent.get("jti-1") is None  # past AUTH_CACHE_SECONDS: asked again
-    recent.forget("jti-2")
-    assert recent.get("jti-2") is None
+def test_a_verified_token_is_not_checked_again_until_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    service = TokenService(Settings(jwt_secret="s" * 40, jwt_expires_seconds=60))
+    token = service.issue("u1", "ada").access_token
+    claims = service.verify(token)
+    checks: list[str] = []
+    decode = jwt.decode
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        checks.append("decode")
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counted)
+    assert service.verify(token) is claims and checks == []  # the same bytes: no second signature check
+    # Past `exp` and its leeway (on this process's clock), the token is decoded again,
+    # and PyJWT (on its own clock, not moved here) decides whether it expired.
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 66)
+    assert service.verify(token) == claims and checks == ["decode"]
 
 
-def test_a_zero_bound_remembers_nothing() -> None:
-    recent = RecentUsers(0)
-    recent.put("jti", User(id="u", username="u"))
-    assert recent.get("jti") is None
+def test_a_token_that_differs_by_a_byte_is_checked_again() -> None:
+    service = TokenService(Settings(jwt_secret="s" * 40))
+    token = service.issue("u1", "ada").access_token
+    service.verify(token)
+    with pytest.raises(AuthError):
+        service.verify(token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1])
 
 
 def test_writes_wait_for_a_majority_and_the_journal() -> None:

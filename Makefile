@@ -32,10 +32,12 @@ format: setup
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-render: setup  ## manifests from template.yaml: make render OUT=DIR -> DIR/knative/, DIR/openfaas/
-	@test -n "$(OUT)" || { echo "usage: make render OUT=DIR" >&2; exit 2; }
-	$(PY) -m deploy.render knative --out $(OUT)/knative
-	$(PY) -m deploy.render openfaas --out $(OUT)/openfaas
+RENDER_FLAGS = $(if $(REGISTRY),--registry $(REGISTRY)) $(if $(TAG),--tag $(TAG))
+render: setup  ## manifests: make render OUT=DIR [REGISTRY=…] [TAG=…] -> DIR/knative/, DIR/openfaas-ce/, DIR/openfaas-standard/
+	@test -n "$(OUT)" || { echo "usage: make render OUT=DIR [REGISTRY=ghcr.io/acme] [TAG=0.1.0]" >&2; exit 2; }
+	$(PY) -m deploy.render knative --out $(OUT)/knative $(RENDER_FLAGS)
+	$(PY) -m deploy.render openfaas --openfaas-edition ce --out $(OUT)/openfaas-ce $(RENDER_FLAGS)
+	$(PY) -m deploy.render openfaas --openfaas-edition standard --out $(OUT)/openfaas-standard $(RENDER_FLAGS)
 
 prometheus: setup  ## Prometheus on http://127.0.0.1:9090 scraping `make run` (PORT), with Lanes' alerts
 	$(PY) -m deploy.prometheus --target 127.0.0.1:$(PORT)

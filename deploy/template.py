@@ -20,8 +20,11 @@ class TemplateError(ValueError):
 
 @dataclass(frozen=True)
 class Route:
+    """A path a function answers; an `internal` one (probes, metrics) stays off the public route."""
+
     path: str
     prefix: bool = False
+    internal: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,11 @@ class Template:
                 return function
         raise KeyError(name)
 
+    @property
+    def public_routes(self) -> tuple[tuple[Function, Route], ...]:
+        """Every route the one public base URL serves, with the function behind it."""
+        return tuple((f, r) for f in self.http_functions for r in f.routes if not r.internal)
+
     def secret(self, name: str) -> Secret:
         return next(s for s in self.secrets if s.name == name)
 
@@ -121,6 +129,11 @@ def _check(template: Template) -> None:
     if worker.queue != f"{prefix}.ready":
         # The worker scales on the queue its slots consume; any other name scales on nothing.
         raise TemplateError(f"{worker.name}: queue must be {prefix}.ready, the ready queue of QUEUE_PREFIX")
+    slots = template.env_of(worker).get("WORKER_SLOTS")
+    if slots is None or str(worker.scale.get("target", 1)) != slots:
+        # KEDA runs ceil(busy lanes / target) workers: a target above the slots leaves lanes
+        # waiting for a slot, one below it starts workers that find nothing to run.
+        raise TemplateError(f"{worker.name}: scale target must equal its WORKER_SLOTS setting")
 
 
 def _function(name: str, spec: dict[str, Any]) -> Function:
@@ -129,7 +142,10 @@ def _function(name: str, spec: dict[str, Any]) -> Function:
         raise TemplateError(f"{name}: trigger must be one of {TRIGGERS}")
     if not (ROOT / str(spec.get("source", ""))).is_dir():
         raise TemplateError(f"{name}: source folder {spec.get('source')!r} does not exist")
-    routes = tuple(Route(path=str(r["path"]), prefix=bool(r.get("prefix", False))) for r in spec.get("routes") or ())
+    routes = tuple(
+        Route(path=str(r["path"]), prefix=bool(r.get("prefix", False)), internal=bool(r.get("internal", False)))
+        for r in spec.get("routes") or ()
+    )
     if trigger == "http" and not (routes and spec.get("app")):
         raise TemplateError(f"{name}: an http function needs routes and an app")
     if trigger == "rabbitmq" and not (spec.get("queue") and spec.get("command")):

@@ -25,7 +25,7 @@ import kubernetes_validate
 import yaml
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
-CORE_GROUPS = ("v1", "apps/v1")
+CORE_GROUPS = ("v1", "apps/v1", "policy/v1", "networking.k8s.io/v1")
 
 # KEDA's RabbitMQ scaler (keda.sh/docs/2.20/scalers/rabbitmq-queue): every metadata key
 # and the values of the enumerated ones. `queueLength` is deprecated upstream.

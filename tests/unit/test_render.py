@@ -510,10 +510,12 @@ def test_images_take_the_registry_and_tag_given_at_render_time(tmp_path: Path) -
 def test_keda_and_the_status_function_read_one_management_secret(rendered: Path) -> None:
     found = objects(rendered / "knative")
     (ref,) = found[("TriggerAuthentication", f"{TEMPLATE.worker.name}-rabbitmq")]["spec"]["secretTargetRef"]
-    (status,) = found[("Service", "status")]["spec"]["template"]["spec"]["containers"]
-    (management,) = [e for e in status["env"] if e["name"] == "RABBITMQ_MANAGEMENT_URL"]
-    secret = management["valueFrom"]["secretKeyRef"]
-    assert (ref["name"], ref["key"]) == (secret["name"], secret["key"]) == ("rabbitmq-management-url",) * 2
+    # The status function's lane gauges and the worker's lane sweeper read the management API too.
+    for kind, name in (("Service", "status"), ("Deployment", TEMPLATE.worker.name)):
+        (container,) = found[(kind, name)]["spec"]["template"]["spec"]["containers"]
+        (management,) = [e for e in container["env"] if e["name"] == "RABBITMQ_MANAGEMENT_URL"]
+        secret = management["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == (secret["name"], secret["key"]) == ("rabbitmq-management-url",) * 2
     secrets = {name for kind, name in found if kind == "Secret"}
     assert "lanes-rabbitmq-management" not in secrets
 

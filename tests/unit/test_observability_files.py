@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -127,3 +128,57 @@ def test_every_documented_metric_is_defined_in_the_code() -> None:
     assert table_names, "the README's metric table is missing"
     missing = {name for name in table_names - exporter if f'"{name}"' not in code}
     assert missing == set()
+
+
+def all_dashboards() -> dict[str, dict[str, Any]]:
+    """Every dashboard the rendered ConfigMaps carry: Lanes' own and the platform view."""
+    paths = sorted((OBSERVABILITY / "grafana").glob("*/*.json"))
+    return {path.stem: json.loads(path.read_text()) for path in paths}
+
+
+def expressions(board: dict[str, Any]) -> list[str]:
+    return [target["expr"] for panel in board["panels"] for target in panel.get("targets", ())]
+
+
+@pytest.mark.parametrize("name", sorted(all_dashboards()))
+def test_no_dashboard_turns_missing_series_into_zero(name: str) -> None:
+    # `or vector(0)` shows 0 workers when the workers are simply not scraped.
+    assert [e for e in expressions(all_dashboards()[name]) if "vector(0)" in e] == []
+
+
+@pytest.mark.parametrize("name", sorted(all_dashboards()))
+def test_every_le_matcher_works_on_prometheus_2_and_3(name: str) -> None:
+    # Prometheus 3 writes classic histogram bounds as floats: le="100.0", where 2 wrote le="100".
+    for expr in expressions(all_dashboards()[name]):
+        assert not re.search(r'\ble\s*(=|!=)\s*"', expr), expr
+        for pattern in re.findall(r'\ble\s*=~\s*"([^"]*)"', expr):
+            bound = pattern.split("|")[0]
+            assert all(re.fullmatch(pattern, form) for form in (bound, f"{bound}.0")), expr
+    if name == "lanes":
+        assert any("lanes_lane_depth_bucket{le=~" in e for e in expressions(all_dashboards()[name]))
+
+
+def test_the_platform_dashboard_shows_replicas_keda_pod_starts_and_resources() -> None:
+    board = all_dashboards()["platform"]
+    assert board["uid"] == "lanes-platform" and board["title"].startswith("Lanes")
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert set(variables["namespace"]["query"].split(",")) == {"lanes", "openfaas-fn"}
+    text = " ".join(expressions(board))
+    for metric in (
+        "kube_deployment_status_replicas_available",
+        "keda_scaler_metrics_value",
+        "keda_scaler_active",
+        "kube_pod_start_time",
+        "container_cpu_usage_seconds_total",
+        "kube_pod_container_resource_requests",
+        "container_memory_working_set_bytes",
+        "kube_pod_container_resource_limits",
+    ):
+        assert metric in text, metric
+    for panel in board["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}"
+        for expr in expressions({"panels": [panel]}):
+            assert 'namespace=~"$namespace"' in expr, expr
+    ids = [panel["id"] for panel in board["panels"]]
+    assert len(ids) == len(set(ids))

@@ -422,7 +422,7 @@ def test_the_prometheus_rule_is_alerts_yml(rendered: Path, target: str) -> None:
 def test_every_dashboard_is_a_config_map_for_grafanas_sidecar(rendered: Path) -> None:
     maps = [m for (kind, name), m in objects(rendered / "knative").items() if "-dashboard-" in name]
     sources = sorted((ROOT / "observability/grafana").glob("*/*.json"))
-    assert len(maps) == len(sources) >= 3
+    assert len(maps) == len(sources) >= 4
     for manifest in maps:
         assert manifest["metadata"]["labels"]["grafana_dashboard"] == "1"
         ((key, text),) = manifest["data"].items()

@@ -26,7 +26,7 @@ faults: setup  ## the fault suite; ends with a table of what each fault did
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy shared/lanes
+	$(PY) -m mypy shared/lanes client/lanes_client
 
 format: setup
 	$(PY) -m ruff format .

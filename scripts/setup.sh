@@ -35,13 +35,13 @@ if [ ! -x "$binary" ] || [ -n "$(find tools/ferretdb -newer "$binary" -type f 2>
   (cd tools/ferretdb && GOFLAGS=-mod=mod go build -o "$binary.tmp" . && mv "$binary.tmp" "$binary")
 fi
 
-# Python: one virtualenv with every function's pinned dependencies.
+# Python: one virtualenv with every function's pinned dependencies and the client (client/).
 stamp=.venv/.lanes-requirements
-want=$(cat requirements.txt requirements-dev.txt shared/pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-dev.txt shared/pyproject.toml client/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing Python packages into .venv"
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt -e shared
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt -e shared -e client
   echo "$want" > "$stamp"
 fi
 echo "setup: ready"

@@ -53,6 +53,8 @@ def lanes_env(running_services: None, tmp_path_factory: pytest.TempPathFactory) 
         "WORKER_SLOTS": "4",
         # Short, so that tests of revocation wait little; the bound itself is what they test.
         "AUTH_CACHE_SECONDS": "1",
+        # The `fail` action is off by default; the tests use it for retries and dead letters.
+        "ENABLE_FAIL_ACTION": "true",
         "TEST_VHOST": vhost,
     }
     yield env

@@ -51,6 +51,8 @@ def fault_env(private_services: tuple[RabbitMQ, FerretDB], tmp_path_factory: pyt
         "JWT_PRIVATE_KEY_FILE": "",
         "SWEEP_INTERVAL_SECONDS": "3",
         "RETRY_BACKOFF_SECONDS": "0.1",
+        # The `fail` action is off by default; the tests use it for retries and dead letters.
+        "ENABLE_FAIL_ACTION": "true",
     }
 
 

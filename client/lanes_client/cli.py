@@ -146,7 +146,10 @@ def report_error(env: Env, error: LanesError) -> None:
 @click.pass_context
 def main(ctx: click.Context, url: str, as_json: bool) -> None:
     """Lanes: your own FIFO lane of requests."""
-    ctx.obj = Env(url.rstrip("/"), as_json, Console(), Console(stderr=True))
+    out = Console()
+    if not out.is_terminal:  # piped: whole lines, never ids cut to a guessed width
+        out = Console(width=200)
+    ctx.obj = Env(url.rstrip("/"), as_json, out, Console(stderr=True))
 
 
 def _password(password_stdin: bool, confirm: bool) -> str:
@@ -346,7 +349,10 @@ def list_requests(env: Env, status_: str | None, limit: int) -> None:
         for record in records:
             env.emit(record)
         return
-    table = Table("request_id", "action", "status", "attempts", "created_at", "finished_at", box=None)
+    table = Table(box=None)
+    table.add_column("request_id", no_wrap=True, min_width=32)
+    for column in ("action", "status", "attempts", "created_at", "finished_at"):
+        table.add_column(column, no_wrap=True)
     for record in records:
         table.add_row(
             record["request_id"],

@@ -84,8 +84,10 @@ def test_the_live_api_errors_arrive_typed(http_stack: str, workers: Workers) -> 
     with pytest.raises(BadRequest) as invalid:
         anonymous.register("no spaces allowed", PASSWORD)
     assert invalid.value.code == "invalid_username"
+    taken = f"taken-{uuid.uuid4().hex[:10]}"
+    anonymous.register(taken, PASSWORD)
     with pytest.raises(UsernameTaken):
-        anonymous.register(client_name(client, anonymous), PASSWORD)
+        anonymous.register(taken.upper(), PASSWORD)
     with pytest.raises(InvalidCredentials):
         anonymous.login(f"nobody-{uuid.uuid4().hex}", "not the password")
     with pytest.raises(Unauthorized) as missing:
@@ -113,13 +115,6 @@ def test_the_live_api_errors_arrive_typed(http_stack: str, workers: Workers) -> 
     first.wait(timeout=30)
     with pytest.raises(NotCancellable):
         first.cancel()
-
-
-def client_name(client: Client, anonymous: Client) -> str:
-    """A name that is taken: register it once, then it is."""
-    name = f"taken-{uuid.uuid4().hex[:10]}"
-    anonymous.register(name, PASSWORD)
-    return name.upper()
 
 
 def test_a_revoked_token_is_refused(http_stack: str) -> None:

@@ -68,7 +68,11 @@ def _kill_holders_repeatedly(user: Api, workers: Workers, database: Any, env: di
     # Given one lane of short requests, two worker processes of two slots each, and a
     # stream of spare tokens, so that other slots keep trying to take the lane
     ids = [user.enqueue("sleep", {"ms": 120}) for _ in range(KILLS + 10)]
-    workers.start(2, WORKER_SLOTS="2")
+    # Attempts enough that no request fails for being killed three times in a row (a
+    # loaded machine starts workers slowly, and the oldest is the next one killed): this
+    # scenario is about order; a request that kills every worker is test_worker_crash's.
+    patient = {"WORKER_SLOTS": "2", "MAX_ATTEMPTS": str(KILLS)}
+    workers.start(2, **patient)
     with SpareTokens(env["RABBITMQ_URL"], env.get("QUEUE_PREFIX", "lanes"), _user_id(database, ids[0])):
         # When a worker is SIGKILLed 50 times, mid-request more often than not, and replaced
         for _ in range(KILLS):
@@ -76,7 +80,7 @@ def _kill_holders_repeatedly(user: Api, workers: Workers, database: Any, env: di
             victim = next(p for p in workers.processes if p.poll() is None)
             victim.send_signal(signal.SIGKILL)
             victim.wait()
-            workers.start(1, WORKER_SLOTS="2")
+            workers.start(1, **patient)
         records = user.wait_terminal(ids, timeout=180)
     # Then every request ended once, and none started before the one sent before it ended
     assert [r["status"] for r in records] == ["done"] * len(ids)

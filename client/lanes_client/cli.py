@@ -149,7 +149,7 @@ def main(ctx: click.Context, url: str, as_json: bool) -> None:
     out = Console()
     if not out.is_terminal:  # piped: whole lines, never ids cut to a guessed width
         out = Console(width=200)
-    ctx.obj = Env(url.rstrip("/"), as_json, out, Console(stderr=True))
+    ctx.obj = Env(url.rstrip("/"), as_json, out, Console(stderr=True, soft_wrap=True))
 
 
 def _password(password_stdin: bool, confirm: bool) -> str:
@@ -253,7 +253,9 @@ def submit(
             return
         worst = _wait_all(env, requests, timeout)
     if worst is not None:
-        raise worst
+        if env.as_json:  # plain output has named each outcome already
+            report_error(env, worst)
+        raise SystemExit(exit_code(worst))
 
 
 def _print_accepted(env: Env, request: Request) -> None:
@@ -470,3 +472,5 @@ def watch(env: Env, interval: float, until_empty: bool) -> None:
     finally:
         if live:
             live.stop()
+            if not env.out.is_terminal:
+                env.out.line()  # the last frame, written once, ends its line

@@ -22,8 +22,8 @@ PodDisruptionBudget; `monitoring/` holds the PodMonitors, the PrometheusRule and
 the Grafana dashboards (deploy/monitoring.py).
 
 Secrets are never rendered with values: `*.yaml.example` files show their shape
-(kubectl skips them when applying a folder); create the real ones as the README's
-"Deploy" section says. Each secret is a Secret of its own with one key named like
+(kubectl skips them when applying a folder); create the real ones as docs/deploy.md
+says. Each secret is a Secret of its own with one key named like
 it, as `faas-cli secret create` makes them, so both platforms share them.
 """
 
@@ -60,7 +60,7 @@ Manifest = dict[str, Any]
 # Settings every rendered function gets unless template.yaml sets them. The proxies in
 # front of a function all live in the cluster: on Knative the queue-proxy (127.0.0.1, in
 # the pod), the activator and the ingress; on OpenFaaS the gateway and the ingress. Their
-# pod ranges are private ones; narrow these to the cluster's (README, "Security").
+# pod ranges are private ones; narrow these to the cluster's (docs/security.md).
 # The `fail` test action is off: anyone with an account could fill the dead letters.
 PLATFORM_ENV = {
     "TRUSTED_PROXIES": "127.0.0.1/32,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7",
@@ -600,7 +600,7 @@ def render_openfaas(template: Template, options: Options | None = None) -> dict[
         }
         for function in template.http_functions:
             fields = openfaas_function(template, function, options)
-            # Images are built from the repository root (README, "Deploy"), not by faas-cli.
+            # Images are built from the repository root (docs/deploy.md), not by faas-cli.
             stack["functions"][function.name] = {
                 "image": fields["image"],
                 "skip_build": True,

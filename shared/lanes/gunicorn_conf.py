@@ -41,7 +41,7 @@ def child_exit(server: Any, worker: Any) -> None:
 
 def settings(function: str, worker_class: str) -> dict[str, Any]:
     """Every gunicorn setting of a function; its gunicorn.conf.py only names the function
-    and its default worker class. Environment variables override, as the README lists."""
+    and its default worker class. Environment variables override, as docs/configuration.md lists."""
     use_metrics_dir(function)
     loglevel = os.environ.get("LOG_LEVEL", "info").lower()
     return {

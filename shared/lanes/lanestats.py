@@ -94,7 +94,7 @@ class ManagementApi:
 
 
 class LaneStats:
-    """A Prometheus collector of lane, backlog and dependency gauges (see the README's table)."""
+    """A Prometheus collector of lane, backlog and dependency gauges (docs/metrics.md lists them)."""
 
     def __init__(
         self,

@@ -2,7 +2,7 @@
 
 Every name starts with `lanes_`, and no label names a user or a request: `action`
 is bounded by the action registry (anything else is counted as `other`) and
-`outcome` by this module. The README's "Metrics" section documents each one.
+`outcome` by this module. docs/metrics.md documents each one.
 
 Import this module only after `lanes.multiproc.use_metrics_dir` (the worker's main
 does): with PROMETHEUS_MULTIPROC_DIR set, each process writes its values to files

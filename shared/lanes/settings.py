@@ -65,7 +65,7 @@ class Settings:
     login_window_seconds: int = 900
     login_lock_max_seconds: int = 900
     # Proxies whose X-Forwarded-For entries are believed, by address range (lanes.proxies):
-    # the local router by default; rendered manifests set each platform's (README, "Security").
+    # the local router by default; rendered manifests set each platform's (docs/security.md).
     trusted_proxies: str = "127.0.0.1/32,::1/128"
     # How often a process reads what was revoked since its last look (lanes.revocations;
     # 0 = on every call): a token revoked elsewhere keeps working here at most this long.

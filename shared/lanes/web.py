@@ -191,7 +191,7 @@ def health_blueprint(
 
     @blueprint.get("/healthz")
     # OpenFaaS Community Edition probes every function at this watchdog path and
-    # ignores custom probe paths (README, "Deploy").
+    # ignores custom probe paths (docs/deploy.md).
     @blueprint.get("/_/health")
     def healthz() -> Response:
         return jsonify({"status": "ok"})

@@ -137,3 +137,13 @@ def test_logout_revokes_and_forgets_the_token(lanes: Lanes) -> None:
     assert lanes("logout").returncode == 0
     assert json.loads((lanes.config_dir / "tokens.json").read_text()) == {}
     assert lanes("ls").returncode == 4
+
+
+def test_the_client_needs_nothing_of_the_server(tmp_path: Path) -> None:
+    probe = (
+        "import sys, lanes_client.cli; "
+        "print([m for m in ('lanes', 'flask', 'pymongo', 'pika', 'jwt', 'deploy') if m in sys.modules])"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -19,6 +19,7 @@ from typing import Any, TextIO, TypeVar
 import click
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -87,13 +88,12 @@ class Env:
     err: Console
 
     def client(self, *, logged_in: bool = True) -> Client:
-        client = Client(self.url)
-        if logged_in:
-            saved = config.saved_token(self.url)
-            if saved is None:
-                raise NotLoggedIn(f"not logged in to {self.url}: run `lanes login`", code="not_logged_in")
-            client.token = saved["access_token"]
-        return client
+        if not logged_in:
+            return Client(self.url)
+        saved = config.saved_token(self.url)
+        if saved is None:
+            raise NotLoggedIn(f"not logged in to {self.url}: run `lanes login`", code="not_logged_in")
+        return Client(self.url, token=saved["access_token"])
 
     def emit(self, value: Any) -> None:
         """One JSON document per line on stdout."""
@@ -136,7 +136,7 @@ def report_error(env: Env, error: LanesError) -> None:
             body["request"] = error.record
         click.echo(json.dumps(body, sort_keys=True), err=True)
     else:
-        env.err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+        env.err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -125,10 +125,20 @@ def test_exit_codes_say_what_happened(lanes: Lanes, http_stack: str, tmp_path: P
 
 def test_watch_follows_the_lane_until_it_is_empty(lanes: Lanes, workers: Workers) -> None:
     lanes.json("submit", "sleep", *itertools.chain.from_iterable(("-d", '{"ms": 100}') for _ in range(10)))
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "lanes_client", "--json", "watch", "--interval", "0.2", "--until-empty"],
+        env=lanes.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert watch.stdout is not None
+    first = json.loads(watch.stdout.readline())  # the lane before any worker runs
+    assert (first["seen"], first["queued"], first["done"]) == (10, 10, 0)
     workers.start(1)
-    snapshots = lanes.json("watch", "--interval", "0.2", "--until-empty")
-    assert snapshots[0]["seen"] == 10
-    assert snapshots[-1] == {"queued": 0, "processing": [], "seen": 10, "done": 10, "failed": 0, "cancelled": 0}
+    rest, _ = watch.communicate(timeout=60)
+    assert watch.returncode == 0
+    last = json.loads(rest.splitlines()[-1])
+    assert last == {"queued": 0, "processing": [], "seen": 10, "done": 10, "failed": 0, "cancelled": 0}
     live = lanes("watch", "--until-empty")  # nothing left: one look, then done
     assert live.returncode == 0
 

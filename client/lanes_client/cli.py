@@ -9,7 +9,9 @@ expired token; 5 not found; 6 conflict; 7 still throttled (429) after the retrie
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -474,3 +476,56 @@ def watch(env: Env, interval: float, until_empty: bool) -> None:
             live.stop()
             if not env.out.is_terminal:
                 env.out.line()  # the last frame, written once, ends its line
+
+
+# -- operators -------------------------------------------------------------
+# The HTTP API has no dead-letter routes: dead letters are read and requeued by
+# `python -m lanes.admin` against the database and the broker. Where the server
+# package is installed beside this one (the project's .venv, an operator's box),
+# these commands run it with the current environment (MONGO_URI, RABBITMQ_URL, .env).
+
+
+def _admin(env: Env, *args: str) -> Any:
+    try:
+        present = importlib.util.find_spec("lanes.admin") is not None
+    except ImportError:
+        present = False
+    if not present:
+        env.err.print("error: operators' commands need the Lanes server package (python -m lanes.admin)")
+        raise SystemExit(EXIT_FAILED)
+    done = subprocess.run([sys.executable, "-m", "lanes.admin", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr)
+        raise SystemExit(EXIT_NOT_FOUND if "no dead letter" in done.stderr else EXIT_FAILED)
+    return json.loads(done.stdout)
+
+
+@main.command(name="dead-letters")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.pass_obj
+def dead_letters(env: Env, limit: int) -> None:
+    """Operators: requests that failed every attempt, newest first (needs the server package)."""
+    letters = _admin(env, "dead-letters", "--limit", str(limit))
+    if env.as_json:
+        for letter in letters:
+            env.emit(letter)
+        return
+    table = Table(box=None)
+    for column in ("request_id", "user_id", "action", "attempts", "failed_at", "error"):
+        table.add_column(column, no_wrap=column != "error")
+    for letter in letters:
+        fields = (letter.get("_id"), letter.get("user_id"), letter.get("action"), letter.get("attempts"))
+        table.add_row(*(str(field) for field in fields), str(letter.get("failed_at")), str(letter.get("error") or ""))
+    env.out.print(table)
+
+
+@main.command()
+@click.argument("request_id")
+@click.pass_obj
+def requeue(env: Env, request_id: str) -> None:
+    """Operators: run a dead letter again, as a new request at the tail of its lane."""
+    again = _admin(env, "requeue", request_id)
+    if env.as_json:
+        env.emit(again)
+    else:
+        env.out.print(f"{request_id} requeued as {again['requeued_as']} position {again['position']}", highlight=False)

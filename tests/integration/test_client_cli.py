@@ -149,6 +149,26 @@ def test_logout_revokes_and_forgets_the_token(lanes: Lanes) -> None:
     assert lanes("ls").returncode == 4
 
 
+def test_operators_list_and_requeue_dead_letters(lanes: Lanes, workers: Workers, lanes_env: dict[str, str]) -> None:
+    workers.start(1, RETRY_BACKOFF_SECONDS="0.1", ENABLE_FAIL_ACTION="true")
+    failed = lanes("--json", "submit", "fail", "--data", '{"times": 10}', "--wait")
+    assert failed.returncode == 1
+    request_id = json.loads(failed.stdout)["request_id"]
+
+    operator = Lanes(lanes.env["LANES_URL"], lanes.config_dir)
+    operator.env = {**lanes.env, **lanes_env}  # the server's settings: MONGO_URI, RABBITMQ_URL
+    letters = operator.json("dead-letters", "--limit", "200")
+    assert any(letter["_id"] == request_id and letter["attempts"] == 3 for letter in letters)
+    table = operator("dead-letters", "--limit", "200")
+    assert table.returncode == 0 and request_id in table.stdout
+
+    (again,) = operator.json("requeue", request_id)
+    assert again["dead_letter"] == request_id
+    (record,) = lanes.json("status", again["requeued_as"])
+    assert record["action"] == "fail"
+    assert operator("requeue", "0" * 32).returncode == 5
+
+
 def test_the_client_needs_nothing_of_the_server(tmp_path: Path) -> None:
     probe = (
         "import sys, lanes_client.cli; "

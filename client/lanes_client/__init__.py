@@ -6,6 +6,7 @@ with Client("http://127.0.0.1:8080") as lanes:
     result = lanes.submit("echo", {"x": 1}).wait(timeout=30)
 """
 
+from lanes_client.aio import AsyncClient, AsyncRequest
 from lanes_client.client import STATUSES, TERMINAL, Client, Request
 from lanes_client.errors import (
     ApiError,
@@ -38,6 +39,8 @@ __all__ = [
     "STATUSES",
     "TERMINAL",
     "ApiError",
+    "AsyncClient",
+    "AsyncRequest",
     "BadRequest",
     "Client",
     "Conflict",

@@ -13,7 +13,6 @@ Retries are automatic only where they cannot run anything twice:
 
 from __future__ import annotations
 
-import random
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,17 +20,8 @@ from typing import Any
 
 import httpx
 
-from lanes_client.errors import (
-    ApiError,
-    ConnectionFailed,
-    LanesError,
-    LoginThrottled,
-    NotCancellable,
-    RequestCancelled,
-    RequestFailed,
-    WaitTimeout,
-    error_from_response,
-)
+from lanes_client.errors import NotCancellable, RequestCancelled, RequestFailed, WaitTimeout
+from lanes_client.retries import Outcome, RetryPolicy, resends
 
 TERMINAL = ("done", "failed", "cancelled")
 STATUSES = ("queued", "processing", *TERMINAL)
@@ -58,8 +48,7 @@ class Client:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.token_expires_at: float | None = None
-        self.retries = retries
-        self.max_retry_after = max_retry_after
+        self.policy = RetryPolicy(retries, max_retry_after)
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers or {}, transport=transport)
 
     def __enter__(self) -> Client:
@@ -102,8 +91,7 @@ class Client:
         answer = dict(response.json())
         if response.status_code == 200:  # the server already had this key: the first request's record
             return Request(self, answer)
-        record = {"action": action, "result": None, "error": None, "attempts": 0, **answer}
-        return Request(self, record, position=answer.get("position"), idempotency_key=key)
+        return Request(self, accepted_record(action, answer), position=answer.get("position"), idempotency_key=key)
 
     def get(self, request_id: str) -> Request:
         return Request(self, self.get_record(request_id))
@@ -164,8 +152,7 @@ class Client:
 
         resend: the call may be repeated after it may have reached the server (default: reads only).
         """
-        if resend is None:
-            resend = method in ("GET", "HEAD", "DELETE")
+        resend = resends(method, resend)
         headers = dict(headers or {})
         if auth and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -189,28 +176,12 @@ class Client:
         headers: dict[str, str],
         resend: bool,
         attempt: int,
-    ) -> httpx.Response | tuple[LanesError, float | None]:
-        """One round trip: the response, or the error with the delay before the next try (None: give up)."""
+    ) -> Outcome:
         try:
             response = self._http.request(method, path, json=json, params=params, headers=headers)
         except httpx.TransportError as error:
-            unsent = isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout))
-            failed = ConnectionFailed(f"{method} {self.base_url}{path}: {error!r}")
-            may_retry = attempt < self.retries and (unsent or resend)
-            return failed, (_backoff(attempt) if may_retry else None)
-        if response.status_code < 400:
-            return response
-        api_error = error_from_response(response)
-        return api_error, self._retry_delay(api_error, resend, attempt)
-
-    def _retry_delay(self, error: ApiError, resend: bool, attempt: int) -> float | None:
-        if attempt >= self.retries or isinstance(error, LoginThrottled):
-            return None
-        if error.status in (429, 503) or (resend and error.status in (502, 504)):
-            if error.retry_after is None:
-                return _backoff(attempt)
-            return error.retry_after if error.retry_after <= self.max_retry_after else None
-        return None
+            return self.policy.after_transport_error(error, f"{method} {self.base_url}{path}", resend, attempt)
+        return self.policy.after_answer(response, resend, attempt)
 
 
 class Request:
@@ -274,13 +245,18 @@ class Request:
             time.sleep(interval)
             interval = min(max_poll, interval * 1.5)
             self.refresh()
-        if self.status == "failed":
-            raise RequestFailed(self.record)
-        if self.status == "cancelled":
-            raise RequestCancelled(self.record)
-        return self.result
+        return outcome(self.record)
 
 
-def _backoff(attempt: int) -> float:
-    """0.2 s, 0.4 s, 0.8 s ... up to 5 s, with jitter so many clients do not retry in step."""
-    return float(min(5.0, 0.2 * 2**attempt) * random.uniform(0.75, 1.25))
+def outcome(record: dict[str, Any]) -> Any:
+    """A terminal record's result, or the error its status stands for."""
+    if record["status"] == "failed":
+        raise RequestFailed(record)
+    if record["status"] == "cancelled":
+        raise RequestCancelled(record)
+    return record.get("result")
+
+
+def accepted_record(action: str, answer: dict[str, Any]) -> dict[str, Any]:
+    """The record of a request just accepted (202), as far as its answer tells."""
+    return {"action": action, "result": None, "error": None, "attempts": 0, **answer}

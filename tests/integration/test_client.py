@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 import time
@@ -9,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from lanes_client import Client, RequestCancelled, RequestFailed, ServiceUnavailable, WaitTimeout
+from lanes_client import AsyncClient, Client, RequestCancelled, RequestFailed, ServiceUnavailable, WaitTimeout
 
 from tests.conftest import Workers
 from tests.integration.client_proxy import DropAnswer, LossyProxy, Refuse
@@ -148,3 +149,27 @@ def test_polling_waits_out_a_503_and_gives_up_after_its_retries(http_stack: str,
         client.get(request_id)
     assert unavailable.value.retry_after == 1 and unavailable.value.code == "service_unavailable"
     assert len(proxy.requests(route)) == 4
+
+
+def test_the_async_client_submits_waits_and_resends_a_lost_answer(
+    http_stack: str, workers: Workers, proxy: LossyProxy
+) -> None:
+    workers.start(1)
+    owner = new_client(http_stack, "async")
+    proxy.plan("POST /enqueue", DropAnswer(), Refuse(503, "service_unavailable", 1))
+
+    async def scenario() -> tuple[list[object], list[str]]:
+        headers = {"X-Forwarded-For": owner._http.headers["X-Forwarded-For"]}
+        async with AsyncClient(proxy.url, token=owner.token, headers=headers) as client:
+            first = await client.submit("echo", {"n": 1})
+            second = await client.submit("echo", {"n": 2})
+            results = [await first.wait(timeout=30), await second.wait(timeout=30)]
+            listed = [request.id async for request in client.iter_requests(page_size=1)]
+            assert listed == [first.id, second.id]
+            return results, listed
+
+    results, listed = asyncio.run(scenario())
+    assert results == [{"n": 1}, {"n": 2}]
+    steps = [type(seen.step).__name__ for seen in proxy.requests("POST /enqueue")]
+    assert steps == ["DropAnswer", "Refuse", "Forward", "Forward"]
+    assert [r.id for r in owner.iter_requests()] == listed

@@ -35,7 +35,7 @@ from lanes_client import (
 from lanes_client.errors import error_from_response
 
 from tests.conftest import Workers, running_stack
-from tests.integration.test_client import PASSWORD, an_address, new_client
+from tests.integration.client_support import PASSWORD, an_address, new_client
 
 
 def answer(status: int, code: str, retry_after: str | None = None) -> httpx.Response:

@@ -3,10 +3,13 @@ PY := .venv/bin/python
 PORT ?= 8080
 WORKERS ?= auto
 
-.PHONY: setup run test unit integration faults lint format services stop clean render prometheus dashboard-png bench bench-quick
+.PHONY: setup lock run test unit integration faults lint format services stop clean render prometheus dashboard-png bench bench-quick
 
 setup:  ## install everything a fresh machine needs (idempotent)
 	@scripts/setup.sh
+
+lock: setup  ## rewrite the lock files from shared/, client/ and pyproject.toml's declarations (UPGRADE=1: newest allowed)
+	@scripts/lock.sh $(if $(UPGRADE),--upgrade)
 
 run: setup  ## the whole stack on the embedded default; Ctrl-C stops it
 	$(PY) -m deploy.runner --port $(PORT) --workers $(WORKERS)

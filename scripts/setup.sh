@@ -35,13 +35,20 @@ if [ ! -x "$binary" ] || [ -n "$(find tools/ferretdb -newer "$binary" -type f 2>
   (cd tools/ferretdb && GOFLAGS=-mod=mod go build -o "$binary.tmp" . && mv "$binary.tmp" "$binary")
 fi
 
-# Python: one virtualenv with every function's pinned dependencies and the client (client/).
+# Python: one virtualenv with exactly what requirements.lock pins (hash-checked: every
+# function's dependencies, the client's and the tools), then shared/ and client/ as editable
+# installs. Skipped while the lock and both package declarations are what was last installed.
 stamp=.venv/.lanes-requirements
-want=$(cat requirements.txt requirements-dev.txt shared/pyproject.toml client/pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.lock shared/pyproject.toml client/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing Python packages into .venv"
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt -e shared -e client
+  pip=(.venv/bin/python -m pip --disable-pip-version-check)
+  # Packages the lock no longer names go first (passlib before libpass, which installs the same files).
+  stale=$(.venv/bin/python scripts/unlocked.py requirements.lock)
+  [ -z "$stale" ] || "${pip[@]}" uninstall -q -y $stale
+  "${pip[@]}" install -q --require-hashes -r requirements.lock
+  "${pip[@]}" install -q --no-deps --no-build-isolation -e shared -e client
   echo "$want" > "$stamp"
 fi
 echo "setup: ready"

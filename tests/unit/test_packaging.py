@@ -1,27 +1,180 @@
-"""Each function is deployable alone: its own recipe, pins that agree with the root's."""
+"""Each function is deployable alone: its own recipe, and a hash-locked image with only what it imports."""
 
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+from functools import cache
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
 from deploy.template import ROOT, load
 
+FUNCTIONS = [f.name for f in load().functions]
+# Run rather than imported: the server the HTTP functions run under, and its event loop.
+SERVERS = {"gunicorn": {"register", "login", "enqueue", "status"}, "gevent": {"enqueue", "status"}}
 
-def _pins(path: Path) -> dict[str, str]:
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@cache
+def _lock(path: Path) -> dict[str, tuple[str, list[str], list[str]]]:
+    """name -> (version, hashes, the names on its `# via` lines) for one lock file."""
+    entries: dict[str, tuple[str, list[str], list[str]]] = {}
+    for block in re.split(r"\n(?=[A-Za-z0-9])", path.read_text()):
+        first = block.splitlines()[0]
+        if first.startswith("#"):
+            continue
+        name, version = re.match(r"([A-Za-z0-9._-]+)==([^\s;\\]+)", first).groups()  # type: ignore[union-attr]
+        comments = [line.strip().lstrip("#").strip() for line in block.splitlines() if line.strip().startswith("#")]
+        via = [c.removeprefix("via").strip().split(" ")[0] for c in comments if c not in ("", "via")]
+        entries[_normal(name)] = (version, re.findall(r"--hash=(sha256:\w+)", block), via)
+    return entries
+
+
+def _function_lock(function: str) -> dict[str, tuple[str, list[str], list[str]]]:
+    return _lock(ROOT / load().function(function).source / "requirements.lock")
+
+
+def _imports(path: Path) -> set[str]:
+    """Modules imported by one file, leaving out `if TYPE_CHECKING:` blocks."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            node.body = []
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            if node.module == "lanes":
+                found |= {f"lanes.{alias.name}" for alias in node.names}
+    return found
+
+
+@cache
+def _third_party_imports(function: str) -> frozenset[str]:
+    """Top-level modules outside the standard library that the function reaches through lanes."""
+    todo = list((ROOT / load().function(function).source).glob("*.py"))
+    seen: set[Path] = set(todo)
+    third_party = set()
+    while todo:
+        for module in _imports(todo.pop()):
+            top = module.split(".")[0]
+            if top == "lanes":
+                base = ROOT / "shared" / module.replace(".", "/")
+                for path in (base.with_suffix(".py"), base / "__init__.py"):
+                    if path.is_file() and path not in seen:
+                        seen.add(path)
+                        todo.append(path)
+            elif top not in sys.stdlib_module_names and top != "__future__":
+                third_party.add(top)
+    return frozenset(third_party)
+
+
+@cache
+def _modules_of(distribution: str) -> frozenset[str]:
+    installed = metadata.packages_distributions()
+    return frozenset(m for m, dists in installed.items() if distribution in map(_normal, dists))
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_function_has_its_own_recipe_and_lock(function: str) -> None:
+    folder = ROOT / load().function(function).source
+    assert (folder / "Dockerfile").is_file()
+    assert (folder / "requirements.lock").is_file()
+    assert not (folder / "requirements.txt").exists(), "the lock file is the function's only list"
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_function_image_installs_everything_it_imports(function: str) -> None:
+    provided = frozenset().union(*(_modules_of(name) for name in _function_lock(function)))
+    missing = _third_party_imports(function) - provided
+    assert not missing, f"{function} imports {sorted(missing)}, which its requirements.lock does not install"
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_function_image_installs_nothing_it_does_not_import(function: str) -> None:
+    # What lanes[<function>] asks for directly must be imported (or be the server it runs
+    # under); everything else in the lock is there because one of those needs it.
+    imported = _third_party_imports(function)
+    for name, (_, _, via) in _function_lock(function).items():
+        if "lanes" in via and function not in SERVERS.get(name, set()):
+            assert _modules_of(name) & imported, f"{function}'s image installs {name}, which it never imports"
+
+
+def test_the_worker_image_has_no_web_or_password_packages() -> None:
+    worker = _function_lock("worker")
+    for name in ("flask", "gunicorn", "pyjwt", "cryptography", "libpass", "argon2-cffi"):
+        assert name not in worker
+
+
+@pytest.mark.parametrize(
+    "lock", ["requirements.lock", "requirements-build.lock", *[f"functions/{f}/requirements.lock" for f in FUNCTIONS]]
+)
+def test_every_locked_package_has_hashes_and_the_development_version(lock: str) -> None:
+    development = _lock(ROOT / "requirements.lock")
+    for name, (version, hashes, _) in _lock(ROOT / lock).items():
+        assert hashes, f"{lock}: {name} has no hash, so `pip install --require-hashes` refuses it"
+        expected = development[name][0]
+        assert expected == version, f"{lock} pins {name}=={version}, requirements.lock {expected}"
+
+
+def _pins(requirements: list[str]) -> dict[str, str]:
     pins = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line and not line.startswith("-"):
-            name, _, version = line.partition("==")
-            assert version, f"{path}: {line!r} is not pinned"
-            pins[name.lower()] = version
+    for requirement in requirements:
+        match = re.match(r"([A-Za-z0-9._-]+)(?:\[[^]]*\])?==([^\s;]+)", requirement)
+        if match:
+            pins[_normal(match.group(1))] = match.group(2)
     return pins
 
 
-@pytest.mark.parametrize("function", [f.name for f in load().functions])
-def test_function_has_its_own_recipe_with_the_root_pins(function: str) -> None:
-    folder = ROOT / load().function(function).source
-    assert (folder / "Dockerfile").is_file()
-    root_pins = _pins(ROOT / "requirements.txt")
-    for name, version in _pins(folder / "requirements.txt").items():
-        assert root_pins.get(name) == version, f"{function} pins {name}=={version}, the root pins {root_pins.get(name)}"
+def test_the_locks_hold_the_declared_versions() -> None:
+    # `make lock` after a change to a declaration; a stale lock fails here, not in an image build.
+    shared = tomllib.loads((ROOT / "shared/pyproject.toml").read_text())["project"]
+    declared = {
+        "requirements.lock": _pins(
+            shared["dependencies"]
+            + [r for extra in shared["optional-dependencies"].values() for r in extra]
+            + tomllib.loads((ROOT / "client/pyproject.toml").read_text())["project"]["dependencies"]
+            + [r for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["dependency-groups"]["dev"]]
+        )
+    }
+    for function in FUNCTIONS:
+        extras, requirements = {function}, list(shared["dependencies"])
+        while extras:
+            for requirement in shared["optional-dependencies"][extras.pop()]:
+                if requirement.startswith("lanes["):
+                    extras |= set(requirement[len("lanes[") : -1].split(","))
+                else:
+                    requirements.append(requirement)
+        declared[f"functions/{function}/requirements.lock"] = _pins(requirements)
+    for lock, pins in declared.items():
+        locked = {name: entry[0] for name, entry in _lock(ROOT / lock).items()}
+        for name, version in pins.items():
+            assert locked.get(name) == version, f"{lock} has {name}=={locked.get(name)}, declared {version}: make lock"
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_dockerfile_installs_from_the_lock_and_keeps_no_build_files(function: str) -> None:
+    dockerfile = (ROOT / load().function(function).source / "Dockerfile").read_text()
+    assert f"source=functions/{function}/requirements.lock" in dockerfile
+    assert dockerfile.count("pip install --require-hashes -r") == 2  # the build stage's setuptools, the function's lock
+    # shared/ and the locks are mounted for the steps that read them, never copied into a layer.
+    copies = [line for line in dockerfile.splitlines() if line.startswith(("COPY", "ADD"))]
+    assert all(re.fullmatch(rf"COPY( functions/{function}/[\w.]+\.py)+ \./", line) for line in copies), copies
+    base = re.search(r"^ARG PYTHON_IMAGE=python:(\d+)\.(\d+)-slim", dockerfile, re.M)
+    assert base and (int(base[1]), int(base[2])) >= (3, 13), "the image's Python gets bug fixes"
+
+
+def test_dockerignore_sends_only_what_the_images_read() -> None:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    assert lines[lines.index("*") + 1 :].count("!shared/") == 1
+    assert "shared/*.egg-info" in lines

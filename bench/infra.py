@@ -7,8 +7,6 @@ databases; node-wide figures it reports are labelled as such.
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 import urllib.error
 import urllib.parse
@@ -18,21 +16,16 @@ from typing import Any
 import pika
 import pymongo
 
-AMQP = "amqp://guest:guest@127.0.0.1:5672"
+from deploy import services
+
 MONGO = "mongodb://127.0.0.1:27017"
 # RabbitMQ's management API refreshes queue and vhost figures every 5 s by default.
 STATS_INTERVAL = 5.0
 
 
 def management_api(method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 10) -> Any:
-    """RabbitMQ's management API on 127.0.0.1:15672 (guest/guest, as `make services` sets it up)."""
-    data = json.dumps(body or {}).encode() if method in ("PUT", "POST") else None
-    request = urllib.request.Request(f"http://127.0.0.1:15672{path}", data=data, method=method)
-    request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
-    request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        payload = response.read()
-    return json.loads(payload) if payload else None
+    """RabbitMQ's management API on 127.0.0.1:15672, as the user `make services` sets up."""
+    return services.local_broker().management(method, path, body, timeout=timeout)
 
 
 def _wait_gone(path: str, timeout: float) -> None:
@@ -48,7 +41,7 @@ def _wait_gone(path: str, timeout: float) -> None:
 
 
 def amqp_url(vhost: str) -> str:
-    return f"{AMQP}/{urllib.parse.quote(vhost, safe='')}"
+    return services.local_broker().amqp_url(vhost)
 
 
 def mongo_url(database: str) -> str:
@@ -67,8 +60,9 @@ class Isolation:
     def vhost(self, purpose: str) -> str:
         name = f"bench-{self.run_id}-{purpose}"
         management_api("PUT", f"/api/vhosts/{_quote(name)}")
+        user = services.local_broker().credentials.user
         management_api(
-            "PUT", f"/api/permissions/{_quote(name)}/guest", {"configure": ".*", "write": ".*", "read": ".*"}
+            "PUT", f"/api/permissions/{_quote(name)}/{user}", {"configure": ".*", "write": ".*", "read": ".*"}
         )
         self._vhosts.append(name)
         return name

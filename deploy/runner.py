@@ -85,6 +85,8 @@ def base_env(data_dir: Path, env_file: Path = ROOT / ".env") -> dict[str, str]:
     env = {**LOCAL_DEFAULTS, **dotenv, **os.environ}
     env.setdefault("DATA_DIR", str(data_dir))
     env["PYTHONUNBUFFERED"] = "1"
+    # No broker named: the embedded one, as its own user (not RabbitMQ's well-known guest).
+    env.setdefault("RABBITMQ_URL", services.local_broker().url)
     if not (env.get("JWT_SECRET") or env.get("JWT_PUBLIC_KEY_FILE")):
         from lanes.tokens import ensure_local_keys
 

@@ -11,7 +11,10 @@ so that it can restart them without touching anyone's running stack.
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -19,8 +22,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
-from urllib.parse import urlparse
+from typing import IO, Any
+from urllib.error import HTTPError, URLError
+from urllib.parse import quote, urlparse
+from urllib.request import Request, urlopen
 
 ROOT = Path(__file__).resolve().parent.parent
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -58,6 +63,29 @@ def _log(home: Path, name: str) -> IO[bytes]:
 
 
 @dataclass(frozen=True)
+class Credentials:
+    user: str
+    password: str
+
+
+def broker_credentials(home: Path) -> Credentials:
+    """The embedded broker's one user: `lanes`, with a password generated on first use and
+    kept 0600 under the data folder. RabbitMQ's own `guest` is an administrator whose
+    password everyone knows, management UI included; the broker drops it."""
+    path = home / "rabbitmq" / "credentials.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = path.with_suffix(".tmp")
+        fresh.unlink(missing_ok=True)
+        descriptor = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            json.dump({"user": "lanes", "password": secrets.token_urlsafe(24)}, file)
+        os.replace(fresh, path)
+    stored = json.loads(path.read_text())
+    return Credentials(stored["user"], stored["password"])
+
+
+@dataclass(frozen=True)
 class RabbitMQ:
     """One RabbitMQ node of our own: config, data and logs under `home`."""
 
@@ -70,8 +98,25 @@ class RabbitMQ:
         return "lanes@localhost" if self.port == 5672 else f"lanes-{self.port}@localhost"
 
     @property
+    def credentials(self) -> Credentials:
+        return broker_credentials(self.home)
+
+    @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+        return self.amqp_url("/")
+
+    def amqp_url(self, vhost: str) -> str:
+        who = self.credentials
+        return f"amqp://{who.user}:{who.password}@127.0.0.1:{self.port}/{quote(vhost, safe='')}"
+
+    @property
+    def management_url(self) -> str:
+        who = self.credentials
+        return f"http://{who.user}:{who.password}@127.0.0.1:{self.management_port}"
+
+    def management(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 10) -> Any:
+        """One call to the management API as the broker's user; the answer's JSON, if any."""
+        return _management(self.management_port, self.credentials, method, path, body, timeout)
 
     def answers(self) -> bool:
         return port_answers(self.port)
@@ -86,6 +131,28 @@ class RabbitMQ:
         )
         _wait(self.answers, "RabbitMQ", 90, self.home / "logs")
         self._ctl("wait", env["RABBITMQ_PID_FILE"], "--timeout", "90")
+        self.ensure_user()
+
+    def ensure_user(self) -> None:
+        """Make the broker's user the one in credentials.json, and drop `guest`; cheap
+        when that is so already (one management call)."""
+        who = self.credentials
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                _management(self.management_port, who, "GET", "/api/whoami")
+                return
+            except HTTPError:
+                break  # the API answers, and not for our user: set it up
+            except (URLError, OSError):
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"RabbitMQ's management API did not answer; see {self.home / 'logs'}") from None
+                time.sleep(0.5)
+        self._ctl("add_user", who.user, who.password)
+        self._ctl("change_password", who.user, who.password)  # a user kept from an earlier file
+        self._ctl("set_user_tags", who.user, "administrator")
+        self._ctl("set_permissions", "-p", "/", who.user, ".*", ".*", ".*")
+        self._ctl("delete_user", "guest")
 
     def stop(self) -> None:
         pid_file = self.home / "rabbitmq" / "rabbitmq.pid"
@@ -109,6 +176,7 @@ class RabbitMQ:
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
             "management.tcp.ip = 127.0.0.1\n"
             f"management.tcp.port = {self.management_port}\n"
+            # `guest` (loopback only) exists until ensure_user replaces it with our user.
             "loopback_users.guest = true\n"
             # A laptop's disk is often fuller than RabbitMQ's default alarm assumes.
             "disk_free_limit.absolute = 200MB\n"
@@ -173,6 +241,23 @@ class FerretDB:
         self.pid_file.unlink(missing_ok=True)
 
 
+def _management(
+    port: int, who: Credentials, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 10
+) -> Any:
+    data = json.dumps(body or {}).encode() if method in ("PUT", "POST") else None
+    request = Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    request.add_header("Authorization", "Basic " + base64.b64encode(f"{who.user}:{who.password}".encode()).decode())
+    request.add_header("Content-Type", "application/json")
+    with urlopen(request, timeout=timeout) as response:
+        payload = response.read()
+    return json.loads(payload) if payload else None
+
+
+def local_broker() -> RabbitMQ:
+    """The embedded broker on the default ports, as tests and the benchmark reach it."""
+    return RabbitMQ(services_dir(), 5672, int(os.environ.get("RABBITMQ_MANAGEMENT_PORT", "15672")))
+
+
 def _local_port(url: str, default: int) -> int | None:
     """The port of a loopback URL, or None when the URL names another host."""
     parsed = urlparse(url)
@@ -201,6 +286,8 @@ def up() -> list[str]:
         if not service.answers():
             service.start()
             started.append(name)
+        elif isinstance(service, RabbitMQ) and (service.home / "rabbitmq" / "rabbitmq.pid").exists():
+            service.ensure_user()  # ours, perhaps started by a version that kept `guest`
     return started
 
 

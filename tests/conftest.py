@@ -21,7 +21,7 @@ import pytest
 
 from deploy import services
 from deploy.template import ROOT
-from tests.support import Api, free_port_block, management_api, wait_until
+from tests.support import Api, free_port_block, management_api, open_vhost, wait_until
 
 WORKER_MAIN = ROOT / "functions" / "worker" / "main.py"
 
@@ -38,12 +38,11 @@ def lanes_env(running_services: None, tmp_path_factory: pytest.TempPathFactory) 
     """Environment for an isolated stack: own vhost, own database, own data dir."""
     run_id = uuid.uuid4().hex[:10]
     vhost = f"lanes-test-{run_id}"
-    management_api("PUT", f"/api/vhosts/{vhost}")
-    management_api("PUT", f"/api/permissions/{vhost}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+    vhost_url = open_vhost(vhost)
     database = f"lanes_test_{run_id}"
     env = {
         **os.environ,
-        "RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+        "RABBITMQ_URL": vhost_url,
         "MONGO_URI": f"mongodb://127.0.0.1:27017/{database}",
         "DATA_DIR": str(tmp_path_factory.mktemp("lanes-data")),
         "LOG_LEVEL": "WARNING",

@@ -13,14 +13,11 @@ Every run is bounded in requests and seconds and stops by itself.
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +28,7 @@ from deploy import services
 from lanes.broker import lane_arguments
 from lanes.settings import Settings
 from tests.conftest import Workers
-from tests.support import Api, management_api, wait_until
+from tests.support import Api, management_api, open_vhost, wait_until
 from tests.support_stack import isolated_stack
 
 
@@ -110,10 +107,9 @@ def worker(lanes: int = 40, per_lane: int = 25, processes: int = 1) -> None:
 
 def broker(lanes: int = 2000, publishes: int = 2000) -> None:
     vhost = f"lanes-measure-{uuid.uuid4().hex[:8]}"
-    management_api("PUT", f"/api/vhosts/{vhost}")
-    management_api("PUT", f"/api/permissions/{vhost}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+    vhost_url = open_vhost(vhost)
     try:
-        connection = pika.BlockingConnection(pika.URLParameters(f"amqp://guest:guest@127.0.0.1:5672/{vhost}"))
+        connection = pika.BlockingConnection(pika.URLParameters(vhost_url))
         channel = connection.channel()
         channel.confirm_delivery()
         for queue_type in ("classic", "quorum"):
@@ -177,10 +173,7 @@ def _cpu_per_request(before: dict[str, float], after: dict[str, float], requests
 
 
 def _broker_memory() -> int:
-    request = urllib.request.Request("http://127.0.0.1:15672/api/nodes?columns=mem_used")
-    request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return int(json.load(response)[0]["mem_used"])
+    return int(management_api("GET", "/api/nodes?columns=mem_used")[0]["mem_used"])
 
 
 def _summary(values: list[float]) -> str:

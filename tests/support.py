@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import random
 import socket
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import requests
+
+from deploy import services
 
 TERMINAL = ("done", "failed", "cancelled")
 
@@ -51,13 +50,17 @@ def _port_free(port: int) -> bool:
 
 
 def management_api(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    data = json.dumps(body or {}).encode() if method in ("PUT", "POST") else None
-    request = urllib.request.Request(f"http://127.0.0.1:15672{path}", data=data, method=method)
-    request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
-    request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        payload = response.read()
-    return json.loads(payload) if payload else None
+    """The embedded broker's management API, as its user (deploy.services)."""
+    return services.local_broker().management(method, path, body)
+
+
+def open_vhost(name: str) -> str:
+    """A vhost of its own for a test stack, open to the broker's user; its AMQP URL."""
+    broker = services.local_broker()
+    broker.management("PUT", f"/api/vhosts/{name}")
+    everything = {"configure": ".*", "write": ".*", "read": ".*"}
+    broker.management("PUT", f"/api/permissions/{name}/{broker.credentials.user}", everything)
+    return broker.amqp_url(name)
 
 
 class Api:

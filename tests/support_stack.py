@@ -19,7 +19,7 @@ from typing import Any
 import pymongo
 
 from deploy.template import ROOT
-from tests.support import Api, free_port_block, management_api, wait_until
+from tests.support import Api, free_port_block, management_api, open_vhost, wait_until
 
 
 @dataclass
@@ -45,11 +45,10 @@ class Stack:
 def isolated_stack(tmp: Path, runner_args: list[str], **settings: str) -> Iterator[Stack]:
     run_id = uuid.uuid4().hex[:10]
     vhost, database = f"lanes-test-{run_id}", f"lanes_test_{run_id}"
-    management_api("PUT", f"/api/vhosts/{vhost}")
-    management_api("PUT", f"/api/permissions/{vhost}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+    vhost_url = open_vhost(vhost)
     env = {
         **os.environ,
-        "RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+        "RABBITMQ_URL": vhost_url,
         "MONGO_URI": f"mongodb://127.0.0.1:27017/{database}",
         "DATA_DIR": str(tmp),
         "LOG_LEVEL": "WARNING",

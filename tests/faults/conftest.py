@@ -42,7 +42,7 @@ def fault_env(private_services: tuple[RabbitMQ, FerretDB], tmp_path_factory: pyt
         **os.environ,
         "RABBITMQ_URL": broker.url,
         # The sweeper reads the lanes from this broker's management API, not the default port's.
-        "RABBITMQ_MANAGEMENT_URL": f"http://guest:guest@127.0.0.1:{broker.management_port}",
+        "RABBITMQ_MANAGEMENT_URL": broker.management_url,
         "MONGO_URI": database.uri + "lanes_faults",
         "DATA_DIR": str(tmp_path_factory.mktemp("fault-data")),
         "LOG_LEVEL": "WARNING",

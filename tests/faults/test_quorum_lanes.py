@@ -10,10 +10,11 @@ from typing import Any
 import pika
 import pytest
 
+from deploy import services
 from lanes.broker import lane_arguments
 from lanes.settings import Settings
 from tests.conftest import Workers
-from tests.support import management_api, wait_until
+from tests.support import management_api, open_vhost, wait_until
 from tests.support_lanes import ordering_violations, outcome_counts
 from tests.support_stack import Stack, isolated_stack
 
@@ -21,14 +22,13 @@ from tests.support_stack import Stack, isolated_stack
 @pytest.fixture
 def vhost(running_services: None) -> Iterator[str]:
     name = f"lanes-test-{uuid.uuid4().hex[:10]}"
-    management_api("PUT", f"/api/vhosts/{name}")
-    management_api("PUT", f"/api/permissions/{name}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+    open_vhost(name)
     yield name
     management_api("DELETE", f"/api/vhosts/{name}")
 
 
 def _channel(vhost: str) -> tuple[pika.BlockingConnection, Any]:
-    connection = pika.BlockingConnection(pika.URLParameters(f"amqp://guest:guest@127.0.0.1:5672/{vhost}"))
+    connection = pika.BlockingConnection(pika.URLParameters(services.local_broker().amqp_url(vhost)))
     channel = connection.channel()
     channel.confirm_delivery()
     return connection, channel

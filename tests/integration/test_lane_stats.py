@@ -17,7 +17,7 @@ from lanes.queueing import Enqueuer
 from lanes.requests import Requests
 from lanes.settings import Settings
 from lanes.validation import EnqueueBody
-from tests.support import management_api, wait_until
+from tests.support import management_api, open_vhost, wait_until
 
 
 @pytest.fixture
@@ -25,10 +25,9 @@ def settings(running_services: None) -> Iterator[Settings]:
     """A vhost and a database of this test's own, so every count is exact."""
     run_id = uuid.uuid4().hex[:10]
     vhost = f"lanes-stats-{run_id}"
-    management_api("PUT", f"/api/vhosts/{vhost}")
-    management_api("PUT", f"/api/permissions/{vhost}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+    vhost_url = open_vhost(vhost)
     settings = Settings(
-        rabbitmq_url=f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+        rabbitmq_url=vhost_url,
         mongo_uri=f"mongodb://127.0.0.1:27017/lanes_stats_{run_id}",
         metrics_cache_seconds=0,
     )

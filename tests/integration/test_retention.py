@@ -20,7 +20,7 @@ from lanes.retention import Reaper
 from lanes.settings import Settings
 from lanes.sweeper import Sweeper
 from tests.conftest import running_stack
-from tests.support import Api, free_port_block, management_api, wait_until
+from tests.support import Api, free_port_block, management_api, open_vhost, wait_until
 
 DAY = timedelta(days=1)
 
@@ -117,11 +117,10 @@ def day_retention(lanes_env: dict[str, str]) -> Iterator[tuple[Api, Any]]:
     sweeping every second, with no worker: what the status function does alone."""
     run_id = uuid.uuid4().hex[:8]
     vhost, database = f"lanes-retention-{run_id}", f"lanes_retention_stack_{run_id}"
-    management_api("PUT", f"/api/vhosts/{vhost}")
-    management_api("PUT", f"/api/permissions/{vhost}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+    vhost_url = open_vhost(vhost)
     env = {
         **lanes_env,
-        "RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+        "RABBITMQ_URL": vhost_url,
         "MONGO_URI": f"mongodb://127.0.0.1:27017/{database}",
         "RETENTION_DAYS": "1",
         "SWEEP_INTERVAL_SECONDS": "1",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from deploy import runner
+from deploy import runner, services
 from deploy.template import load
 from lanes.tokens import PRIVATE_KEY_NAME, ensure_local_keys
 from lanes.web import health_blueprint
@@ -98,3 +98,22 @@ def test_readiness_failure_is_cached_too_and_clears_after_the_interval() -> None
     assert client.get("/readyz").status_code == 503
     now[0] += 1.5
     assert client.get("/readyz").status_code == 200
+
+
+def test_the_embedded_broker_has_its_own_user_with_a_private_generated_password(tmp_path: Path) -> None:
+    first = services.broker_credentials(tmp_path)
+    again = services.broker_credentials(tmp_path)
+    assert first == again and first.user == "lanes" and first.user != "guest" and len(first.password) >= 24
+    assert services.broker_credentials(tmp_path / "elsewhere").password != first.password
+    assert stat.S_IMODE((tmp_path / "rabbitmq" / "credentials.json").stat().st_mode) == 0o600
+    broker = services.RabbitMQ(tmp_path, 5999, 15999)
+    assert broker.amqp_url("lanes-test-1") == f"amqp://lanes:{first.password}@127.0.0.1:5999/lanes-test-1"
+    assert broker.url.endswith("@127.0.0.1:5999/%2F")
+
+
+def test_make_run_reaches_the_embedded_broker_as_its_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANES_SERVICES_DIR", str(tmp_path / "services"))
+    monkeypatch.delenv("RABBITMQ_URL", raising=False)
+    env = runner.base_env(tmp_path / "data", tmp_path / "no.env")
+    assert env["RABBITMQ_URL"] == services.local_broker().url
+    assert env["RABBITMQ_URL"].startswith("amqp://lanes:")

@@ -12,6 +12,7 @@ Ctrl-C (or SIGTERM) stops everything this runner started, in reverse order.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -161,46 +162,36 @@ def nginx_config(
     default_type application/json;
 {chr(10).join(locations)}
     location / {{ return 404 '{{"error": "not_found", "message": "No such route."}}\\n'; }}
-    # Errors the router answers itself keep Lanes' error shape too, never nginx's HTML
-    # (494: a header too large; 501/505: a transfer coding or HTTP version nginx does not
-    # speak, the client's fault, so answered 400).
-    error_page 400 494 501 505 =400 /_errors/400;
-    error_page 405 /_errors/405;
-    error_page 408 /_errors/408;
-    error_page 411 /_errors/411;
-    error_page 413 /_errors/413;
-    error_page 414 /_errors/414;
-    error_page 502 503 504 =503 /_errors/503;
-    location = /_errors/400 {{ internal; return 400 '{{"error": "bad_request", "message": "Malformed request."}}\\n'; }}
-    location = /_errors/405 {{
-      internal;
-      return 405 '{{"error": "method_not_allowed", "message": "Method not allowed."}}\\n';
-    }}
-    location = /_errors/408 {{
-      internal;
-      return 408 '{{"error": "request_timeout", "message": "The request was not sent in time."}}\\n';
-    }}
-    location = /_errors/411 {{
-      internal;
-      return 411 '{{"error": "length_required", "message": "Send a Content-Length."}}\\n';
-    }}
-    location = /_errors/413 {{
-      internal;
-      return 413 '{{"error": "payload_too_large", "message": "The body is too large."}}\\n';
-    }}
-    location = /_errors/414 {{
-      internal;
-      return 414 '{{"error": "uri_too_long", "message": "The request line is too long."}}\\n';
-    }}
-    location = /_errors/503 {{
-      internal;
-      add_header Retry-After 5 always;
-      return 503 '{{"error": "service_unavailable", "message": "The function is unavailable; try again."}}\\n';
-    }}
+{router_errors()}
   }}
 }}
 """
     )
+
+
+# Errors the router answers itself keep Lanes' error shape too, never nginx's HTML:
+# status -> (the statuses it stands for, error code, message). 494 is a header too large;
+# 501/505 a transfer coding or HTTP version nginx does not speak, the client's fault.
+ROUTER_ERRORS = {
+    400: ("400 494 501 505 =400", "bad_request", "Malformed request."),
+    405: ("405", "method_not_allowed", "Method not allowed."),
+    408: ("408", "request_timeout", "The request was not sent in time."),
+    411: ("411", "length_required", "Send a Content-Length."),
+    413: ("413", "payload_too_large", "The body is too large."),
+    414: ("414", "uri_too_long", "The request line is too long."),
+    503: ("502 503 504 =503", "service_unavailable", "The function is unavailable; try again."),
+}
+
+
+def router_errors() -> str:
+    """nginx `error_page`s and the internal locations that answer them, from ROUTER_ERRORS."""
+    lines = []
+    for status, (statuses, error, message) in ROUTER_ERRORS.items():
+        body = json.dumps({"error": error, "message": message})
+        retry = " add_header Retry-After 5 always;" if status == 503 else ""
+        lines.append(f"    error_page {statuses} /_errors/{status};")
+        lines.append(f"    location = /_errors/{status} {{ internal;{retry} return {status} '{body}\\n'; }}")
+    return "\n".join(lines)
 
 
 def start(template: Template, port: int, workers: int, data_dir: Path) -> Stack:

@@ -29,11 +29,9 @@ class TrustedProxies:
     networks: tuple[Network, ...]
 
     def trusts(self, address: str) -> bool:
-        parsed = _parse(address)
+        parsed = parse_address(address)
         if parsed is None:
             return False
-        if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
-            parsed = parsed.ipv4_mapped
         return any(parsed.version == net.version and parsed in net for net in self.networks)
 
     def client(self, remote_addr: str | None, forwarded_for: Sequence[str]) -> str | None:
@@ -50,6 +48,15 @@ class TrustedProxies:
             if not self.trusts(entry):
                 return _normal(entry)
         return _normal(chain[0]) if chain else remote_addr
+
+
+def parse_address(text: str) -> Address | None:
+    """An address as it is meant: an IPv4-mapped IPv6 address (`::ffff:10.1.2.3`) is the
+    IPv4 one; None when `text` is no address."""
+    parsed = _parse(text)
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        return parsed.ipv4_mapped
+    return parsed
 
 
 def _parse(address: str) -> Address | None:

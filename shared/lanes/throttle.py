@@ -25,6 +25,7 @@ from pymongo.database import Database
 
 from lanes.db import now, translate_errors
 from lanes.errors import TooManyRequests
+from lanes.proxies import parse_address
 from lanes.settings import Settings
 
 FIRST_LOCK_SECONDS = 30
@@ -64,7 +65,7 @@ class LoginThrottle:
         return ids
 
     @translate_errors
-    def record_failure(self, ids: list[str]) -> None:
+    def record_failure(self) -> None:
         """The attempt `begin` wrote down failed: it stays counted; old failures go."""
         cutoff = now() - timedelta(seconds=self._settings.login_window_seconds)
         self._failures.delete_many({"at": {"$lt": cutoff}})
@@ -89,12 +90,9 @@ class LoginThrottle:
 def address_key(address: str) -> str:
     """The throttle's key for a client address: an IPv6 client by its /64, since one
     host commonly holds a whole /64 and could otherwise take a fresh address per attempt."""
-    try:
-        parsed = ipaddress.ip_address(address)
-    except ValueError:
+    parsed = parse_address(address)
+    if parsed is None:
         return address
     if isinstance(parsed, ipaddress.IPv6Address):
-        if parsed.ipv4_mapped is not None:
-            return str(parsed.ipv4_mapped)
         return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
     return str(parsed)

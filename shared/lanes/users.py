@@ -102,7 +102,7 @@ class Sessions:
         try:
             user = self._users.authenticate(credentials)
         except AuthError:
-            self._throttle.record_failure(attempt)
+            self._throttle.record_failure()
             raise
         except Exception:
             self._throttle.release(attempt)

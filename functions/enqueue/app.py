@@ -10,6 +10,7 @@ from lanes.broker import ChannelPool, check_connection
 from lanes.db import connect, ensure_indexes, ping
 from lanes.errors import DatabaseError
 from lanes.logs import configure_logging
+from lanes.partitions import partition_publisher
 from lanes.protocol import LanePublisher
 from lanes.queueing import Enqueuer
 from lanes.ratelimit import RateLimiter
@@ -31,7 +32,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         pass  # the database may come up after us; the worker creates the indexes too
     sessions = Sessions(Users(db), TokenService(settings, can_sign=False), Revocations.from_settings(db, settings))
     known_actions = build_registry(settings).names
-    enqueuer = Enqueuer(settings, Requests(db), LanePublisher(settings, ChannelPool(settings)))
+    requests = Requests(db)
+    pool = ChannelPool(settings)
+    publisher = (
+        partition_publisher(settings, pool, requests)
+        if settings.lane_protocol == "partitions"
+        else LanePublisher(settings, pool)
+    )
+    enqueuer = Enqueuer(settings, requests, publisher)
     # Per user, in this process's memory: the limit costs no round trip (lanes.ratelimit).
     per_user = RateLimiter(settings.enqueue_rate_per_second, settings.enqueue_burst)
     app = create_base_app("enqueue", settings)

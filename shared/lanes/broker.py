@@ -15,6 +15,7 @@ worker slot owns its own `Session`.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import queue
 import time
@@ -93,6 +94,20 @@ class QueueNames:
         start = f"{self.prefix}.lane."
         return queue_name[len(start) :] if queue_name.startswith(start) else None
 
+    def partition(self, index: int) -> str:
+        """One of the fixed queues every lane is hashed to (lanes.partitions)."""
+        return f"{self.prefix}.partition.{index}"
+
+    @property
+    def workers(self) -> str:
+        """Every worker process consumes this empty queue: its consumer count is how many run."""
+        return f"{self.prefix}.workers"
+
+    @property
+    def settled(self) -> str:
+        """Fanout exchange: the request ids workers settled, for the enqueue processes' ledgers."""
+        return f"{self.prefix}.settled"
+
 
 @dataclass(frozen=True)
 class Counts:
@@ -162,6 +177,15 @@ def bell_arguments(settings: Settings) -> dict[str, Any]:
         "x-expires": settings.lane_idle_seconds * 1000,
         "x-queue-type": "classic",
     }
+
+
+def partition_arguments(settings: Settings) -> dict[str, Any]:
+    """A partition lives for ever (no expiry: it is one of a fixed few) and has no length
+    limit: a lane's depth is counted per lane (lanes.partitions.LaneLedger)."""
+    arguments: dict[str, Any] = {"x-queue-type": settings.queue_type}
+    if settings.queue_type == "quorum":
+        arguments["x-delivery-limit"] = QUORUM_DELIVERY_LIMIT
+    return arguments
 
 
 def ready_arguments(names: QueueNames) -> dict[str, Any]:
@@ -462,6 +486,165 @@ class Session:
 
 def _nothing() -> None:
     pass
+
+
+# Channel incarnations, unique in the process: a tag is only acknowledged on its own.
+_GENERATIONS = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class PartitionDelivery:
+    """A message of a partition, delivered on one incarnation of that partition's channel:
+    its tag means nothing on any other (a partition let go and taken again)."""
+
+    partition: int
+    generation: int
+    tag: int
+    body: bytes
+
+
+class PartitionSession:
+    """A worker process's one connection: a channel per partition it holds, consuming with
+    no prefetch limit (every lane in the partition is visible, so a newcomer behind a deep
+    lane is seen at once), plus the roster and the settled-feed channel.
+
+    Used from one thread only (pika's rule); handler threads reach it through `wake`."""
+
+    def __init__(self, settings: Settings, names: QueueNames) -> None:
+        self._settings = settings
+        self._names = names
+        self._connection = open_connection(settings)
+        self._exclusive = names.queue_type == "classic"
+        self._partitions: dict[int, tuple[BlockingChannel, int]] = {}
+        self.deliveries: deque[PartitionDelivery] = deque()
+        self.control = Channel(self._connection)
+        with self.control._translated():
+            self._feed = self._connection.channel()
+            self._feed.exchange_declare(names.settled, "fanout", durable=True)
+            roster = self._connection.channel()
+            roster.queue_declare(names.workers, auto_delete=True, arguments={"x-queue-type": "classic"})
+            roster.basic_consume(names.workers, lambda *_: None)
+
+    @property
+    def held(self) -> list[int]:
+        return sorted(self._partitions)
+
+    def workers(self) -> int:
+        """How many worker processes run now (each consumes the roster once)."""
+        return max(1, self.control.counts(self._names.workers).consumers)
+
+    def take(self, index: int) -> bool:
+        """Consume a partition, exclusively; False when another process holds it.
+
+        Quorum queues do not enforce exclusive consumers, so a quorum partition is only
+        joined when it has no consumer at all; the broker removes a dead holder's consumer
+        in the same step that returns its unacknowledged messages."""
+        name = self._names.partition(index)
+        try:
+            if self.control.counts(name).consumers > 0:
+                return False  # asking is cheaper than a refused consume, which costs a channel
+        except QueueMissing:
+            pass
+        generation = next(_GENERATIONS)
+        try:
+            with self.control._translated():
+                channel = self._connection.channel()
+                channel.queue_declare(name, durable=True, arguments=partition_arguments(self._settings))
+                channel.basic_qos(prefetch_count=0)
+                channel.basic_consume(
+                    name, functools.partial(self._on_message, index, generation), exclusive=self._exclusive
+                )
+        except QueueInUse:
+            return False
+        self._partitions[index] = (channel, generation)
+        return True
+
+    def let_go(self, index: int) -> None:
+        """Close the partition's channel: the broker puts every message delivered on it and
+        not acknowledged back at the head, in order, and frees the partition, in one step."""
+        channel, _generation = self._partitions.pop(index, (None, 0))
+        if channel is not None and channel.is_open:
+            with self.control._translated():
+                channel.close()
+
+    def forget_closed(self) -> list[tuple[int, int]]:
+        """Partitions whose channel the broker closed (it gave their messages back already),
+        as (partition, generation); they are no longer held."""
+        closed = [(index, generation) for index, (channel, generation) in self._partitions.items() if channel.is_closed]
+        for index, _generation in closed:
+            del self._partitions[index]
+        return closed
+
+    def ack(self, delivery: PartitionDelivery) -> bool:
+        """Acknowledge on the channel it came on; False if that channel is gone (the broker
+        gave the message back, and its next holder finds the outcome recorded)."""
+        channel, generation = self._partitions.get(delivery.partition, (None, 0))
+        if channel is None or generation != delivery.generation or not channel.is_open:
+            return False
+        with self.control._translated():
+            channel.basic_ack(delivery.tag)
+        return True
+
+    def announce_settled(self, body: bytes) -> None:
+        """A hint for the enqueue processes' ledgers: transient and unconfirmed."""
+        with self.control._translated():
+            self._feed.basic_publish(self._names.settled, "", body, _TRANSIENT)
+
+    def _on_message(self, index: int, generation: int, _channel: Any, method: Any, _props: Any, body: bytes) -> None:
+        self.deliveries.append(PartitionDelivery(index, generation, method.delivery_tag, body))
+
+    def wait(self, seconds: float, until: Callable[[], bool]) -> None:
+        """Serve the connection until `until()` or `seconds` pass (see Session.wait)."""
+        deadline = time.monotonic() + seconds
+        with self.control._translated():
+            self._connection.process_data_events(time_limit=0)
+            while not until() and (left := deadline - time.monotonic()) > 0:
+                self._connection.process_data_events(time_limit=left)
+
+    def wake(self) -> None:
+        try:
+            self._connection.add_callback_threadsafe(_nothing)
+        except Exception:  # noqa: BLE001 - a closed connection: the waiter finds out itself
+            pass
+
+    def close(self) -> None:
+        _close_quietly(self._connection)
+
+
+class SettledFeed:
+    """The enqueue side of the settled feed: a private queue bound to the fanout, read in a
+    background thread (a greenlet under gevent) that hands each body to `on_body`."""
+
+    def __init__(self, settings: Settings, names: QueueNames, on_body: Callable[[bytes], None]) -> None:
+        self._settings = settings
+        self._names = names
+        self._on_body = on_body
+        self._stop = False
+
+    def run(self) -> None:
+        failures = 0
+        while not self._stop:
+            try:
+                self._listen()
+            except Exception:  # noqa: BLE001 - any failure: reconnect after a pause
+                failures += 1
+                time.sleep(min(10.0, 0.25 * 2 ** min(failures, 6)))
+
+    def _listen(self) -> None:
+        connection = open_connection(self._settings)
+        try:
+            channel = connection.channel()
+            channel.exchange_declare(self._names.settled, "fanout", durable=True)
+            queue_name = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+            channel.queue_bind(queue_name, self._names.settled)
+            channel.basic_consume(queue_name, lambda _c, _m, _p, body: self._on_body(body), auto_ack=True)
+            while not self._stop:
+                connection.process_data_events(time_limit=1.0)
+        finally:
+            _close_quietly(connection)
+
+    def stop(self) -> None:
+        self._stop = True
 
 
 class Leadership:

@@ -16,6 +16,7 @@ from lanes.proxies import TrustedProxies, parse_networks
 PLACEHOLDER_SECRETS = frozenset({"your_jwt_secret", "changeme", "secret"})
 MIN_SECRET_LENGTH = 32
 QUEUE_TYPES = ("classic", "quorum")
+LANE_PROTOCOLS = ("partitions", "per-lane")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,11 @@ class Settings:
     # lane that ran dry: a request enqueued meanwhile goes straight to it.
     lanes_per_slot: int = 1
     lane_linger_seconds: float = 0.5
+    # The lane protocol: "partitions" hashes lanes to LANE_PARTITIONS fixed queues, each
+    # consumed by one worker process (lanes.partitions); "per-lane" gives each lane a
+    # queue of its own (lanes.protocol). docs/design.md compares them.
+    lane_protocol: str = "per-lane"
+    lane_partitions: int = 16
     sweep_interval_seconds: float = 30.0
     log_level: str = "INFO"
     # Login throttling: failures per username or client address within the window.
@@ -127,6 +133,7 @@ class Settings:
             "retry_after_seconds",
             "worker_slots",
             "lanes_per_slot",
+            "lane_partitions",
             "sweep_interval_seconds",
             "login_max_failures",
             "login_window_seconds",
@@ -175,6 +182,8 @@ class Settings:
             raise ConfigError("RABBITMQ_URL must be an amqp:// URL")
         if not self.queue_prefix.replace("-", "").replace("_", "").isalnum():
             raise ConfigError("QUEUE_PREFIX may hold only letters, digits, '-' and '_'")
+        if self.lane_protocol not in LANE_PROTOCOLS:
+            raise ConfigError(f"LANE_PROTOCOL must be one of {', '.join(LANE_PROTOCOLS)}")
         if self.queue_type not in QUEUE_TYPES:
             raise ConfigError(f"QUEUE_TYPE must be one of {', '.join(QUEUE_TYPES)}")
 

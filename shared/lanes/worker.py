@@ -12,6 +12,7 @@ import logging
 import random
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,7 +22,8 @@ from lanes.broker import Delivery, QueueNames, Session
 from lanes.db import connect, ensure_indexes
 from lanes.errors import BrokerError, DatabaseError
 from lanes.lifecycle import RequestRunner, Waiting
-from lanes.protocol import IDLE_CHECK_SECONDS, LaneHolder
+from lanes.partitions import Dispatcher, Settled
+from lanes.protocol import IDLE_CHECK_SECONDS, HandBack, LaneHolder, LaneMessage
 from lanes.requests import Requests
 from lanes.settings import Settings
 from lanes.sweeper import start_sweeper
@@ -38,6 +40,7 @@ class WorkerState:
     requests: Requests
     names: QueueNames
     stop: threading.Event = field(default_factory=threading.Event)
+    wake_slots: list[Callable[[], None]] = field(default_factory=list)
     busy: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -106,6 +109,72 @@ class Slot:
             self.state.slot_busy(-1)
 
 
+class SlotWaiting:
+    """How a slot that owns no connection waits for its handler, or out a retry's backoff."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def wait(self, seconds: float, until: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + seconds
+        while not until() and (left := deadline - time.monotonic()) > 0:
+            self._event.wait(left)
+            self._event.clear()
+
+    def wake(self) -> None:
+        self._event.set()
+
+
+class PartitionSlot:
+    """One execution slot of a partitions worker: runs the turns its process's dispatcher
+    hands it, one at a time, and reports each back to be acknowledged."""
+
+    def __init__(self, index: int, state: WorkerState, dispatcher: Dispatcher) -> None:
+        self.index = index
+        self.state = state
+        self.dispatcher = dispatcher
+        self.waiting = SlotWaiting()
+
+    def run(self) -> None:
+        state = self.state
+        runner = RequestRunner(
+            state.settings, state.registry, state.requests, state.stop, Waiting(self.waiting.wait, self.waiting.wake)
+        )
+        try:
+            while not state.stop.is_set():
+                turn = self.dispatcher.take_turn(timeout=IDLE_CHECK_SECONDS)
+                if turn is None:
+                    continue
+                state.slot_busy(+1)
+                try:
+                    settled = self._settle(runner, turn.message)
+                finally:
+                    state.slot_busy(-1)
+                self.dispatcher.report(Settled(turn, settled))
+        finally:
+            runner.close()
+
+    def _settle(self, runner: RequestRunner, message: LaneMessage) -> bool:
+        """Run the request until its outcome is recorded (True), or until the worker stops
+        between two attempts (False: it goes back to its partition). A database outage
+        is waited out here: the lane's next request must not start meanwhile."""
+        failures = 0
+        while True:
+            try:
+                runner.run(message)
+                return True
+            except HandBack:
+                return False
+            except DatabaseError as error:
+                log.warning("slot %d: %r; trying again", self.index, error)
+            except Exception:
+                log.exception("slot %d: unexpected error; trying again", self.index)
+            failures += 1
+            self.waiting.wait(min(10.0, 0.25 * 2 ** min(failures, 6)), self.state.stop.is_set)
+            if self.state.stop.is_set():
+                return False
+
+
 def create_worker(settings: Settings) -> tuple[WorkerState, list[Callable[[], None]]]:
     """The worker's shared state and the loops to run in threads; tests use this door too."""
     db = connect(settings)
@@ -119,6 +188,11 @@ def create_worker(settings: Settings) -> tuple[WorkerState, list[Callable[[], No
         requests=Requests(db),
         names=QueueNames.of(settings),
     )
+    if settings.lane_protocol == "partitions":
+        dispatcher = Dispatcher(settings, state.stop, settings.worker_slots)
+        slots = [PartitionSlot(i, state, dispatcher) for i in range(settings.worker_slots)]
+        state.wake_slots = [slot.waiting.wake for slot in slots]
+        return state, [dispatcher.run] + [slot.run for slot in slots]
     loops: list[Callable[[], None]] = [Slot(i, state).run for i in range(settings.worker_slots)]
     return state, loops
 
@@ -130,6 +204,8 @@ def run(settings: Settings) -> None:
     def request_stop(signum: int, _frame: object) -> None:
         log.info("stopping on signal %d", signum)
         state.stop.set()
+        for wake in state.wake_slots:
+            wake()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)

@@ -1,0 +1,125 @@
+"""Pure pieces of the partitions protocol: the per-lane scheduler and the enqueue ledger."""
+
+from __future__ import annotations
+
+import pytest
+
+from lanes.broker import PartitionDelivery
+from lanes.partitions import LaneLedger, LaneScheduler, Turn, partition_of
+from lanes.protocol import LaneFull, LaneMessage
+
+
+def turn(lane: str, request: str, partition: int = 0, generation: int = 1) -> Turn:
+    delivery = PartitionDelivery(partition, generation, tag=hash(request) & 0xFFFF, body=b"")
+    return Turn(lane, delivery, LaneMessage(request, lane, "echo", "null"))
+
+
+def test_a_lane_runs_one_request_at_a_time_in_order() -> None:
+    scheduler = LaneScheduler()
+    for request in ("a1", "a2", "a3"):
+        scheduler.add(turn("a", request))
+    first = scheduler.next()
+    assert first is not None and first.message.request_id == "a1"
+    assert scheduler.next() is None  # a1 runs: a2 waits for it, whatever the idle slots
+    scheduler.finished("a")
+    second = scheduler.next()
+    assert second is not None and second.message.request_id == "a2"
+
+
+def test_lanes_take_turns_and_a_newcomer_waits_for_one_round_only() -> None:
+    scheduler = LaneScheduler()
+    for index in range(100):
+        scheduler.add(turn("heavy", f"h{index}"))
+    ran = []
+    for step in range(6):
+        if step == 2:
+            scheduler.add(turn("newcomer", "n1"))
+        current = scheduler.next()
+        assert current is not None
+        ran.append(current.message.request_id)
+        scheduler.finished(current.lane)
+    assert ran[:4] == ["h0", "h1", "h2", "n1"]  # behind the turn already taken, not the backlog
+
+
+def test_a_lane_that_keeps_sending_gets_one_turn_per_round() -> None:
+    scheduler = LaneScheduler()
+    for user in range(50):
+        scheduler.add(turn(f"u{user}", f"u{user}-1"))
+    scheduler.add(turn("busy", "b0"))
+    ran = []
+    for index in range(51):
+        scheduler.add(turn("busy", f"b{index + 1}"))  # it sends again before every turn
+        current = scheduler.next()
+        assert current is not None
+        ran.append(current.lane)
+        scheduler.finished(current.lane)
+    assert ran.count("busy") == 1 and len(set(ran)) == 51
+
+
+def test_a_lane_running_elsewhere_keeps_its_redelivered_head_waiting() -> None:
+    scheduler = LaneScheduler()
+    scheduler.add(turn("a", "a1", generation=1))
+    running = scheduler.next()
+    assert running is not None
+    scheduler.drop(lambda _delivery: True)  # the connection was lost: everything went back
+    scheduler.add(turn("a", "a1", generation=2))  # redelivered on the new connection
+    assert scheduler.next() is None  # not beside the run still in its slot
+    scheduler.finished("a")
+    again = scheduler.next()
+    assert again is not None and again.delivery.generation == 2
+
+
+def test_dropping_a_partition_forgets_only_its_waiting_deliveries() -> None:
+    scheduler = LaneScheduler()
+    scheduler.add(turn("a", "a1", partition=1))
+    scheduler.add(turn("b", "b1", partition=2))
+    scheduler.drop(lambda delivery: delivery.partition == 1)
+    only = scheduler.next()
+    assert only is not None and only.lane == "b" and scheduler.next() is None
+    assert scheduler.waiting() == 0
+
+
+def test_a_draining_partitions_lanes_are_not_started() -> None:
+    scheduler = LaneScheduler()
+    scheduler.add(turn("a", "a1"))
+    scheduler.add(turn("b", "b1"))
+    chosen = scheduler.next(lambda lane: lane != "a")
+    assert chosen is not None and chosen.lane == "b"
+    assert scheduler.next(lambda lane: lane != "a") is None
+    later = scheduler.next()
+    assert later is not None and later.lane == "a"
+
+
+def test_the_ledger_counts_position_and_refuses_past_the_limit() -> None:
+    ledger = LaneLedger(limit=2, verify=lambda _request: False)
+    assert ledger.enter("u", "r1") == 0
+    assert ledger.enter("u", "r2") == 1
+    with pytest.raises(LaneFull):
+        ledger.enter("u", "r3")
+    assert ledger.enter("v", "s1") == 0  # lanes are counted apart
+    ledger.on_settled_body(b'["r1"]')
+    assert ledger.enter("u", "r3") == 1
+
+
+def test_a_lost_settle_notice_is_repaired_before_refusing() -> None:
+    settled = {"r1"}
+    ledger = LaneLedger(limit=2, verify=lambda request: request in settled)
+    ledger.enter("u", "r1")
+    ledger.enter("u", "r2")
+    assert ledger.enter("u", "r3") == 1  # r1's outcome is recorded: its entry goes
+    with pytest.raises(LaneFull):
+        ledger.enter("u", "r4")
+
+
+def test_bad_settle_notices_are_ignored() -> None:
+    ledger = LaneLedger(limit=1, verify=lambda _request: False)
+    ledger.enter("u", "r1")
+    for body in (b"not json", b'{"r1": 1}', b'["unknown"]'):
+        ledger.on_settled_body(body)
+    with pytest.raises(LaneFull):
+        ledger.enter("u", "r2")
+
+
+def test_a_lane_always_hashes_to_the_same_partition() -> None:
+    assert partition_of("user-1", 16) == partition_of("user-1", 16)
+    assert {partition_of(f"user-{i}", 16) for i in range(1000)} == set(range(16))

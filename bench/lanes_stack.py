@@ -23,8 +23,7 @@ from deploy.template import ROOT, load
 from tests.support import free_port_block
 
 QUEUE_PREFIX = "lanes"
-READY_QUEUE = f"{QUEUE_PREFIX}.ready"
-ROSTER_QUEUE = f"{QUEUE_PREFIX}.workers"  # every partitions worker consumes it once
+ROSTER_QUEUE = f"{QUEUE_PREFIX}.workers"  # every worker process consumes it once
 TERMINAL = ("done", "failed", "cancelled")
 
 
@@ -88,11 +87,7 @@ class Workers:
                     ROOT / worker.source,
                 )
             )
-        if self.env.get("LANE_PROTOCOL") == "partitions":
-            queue, consumers = ROSTER_QUEUE, len(self.running)
-        else:
-            queue, consumers = READY_QUEUE, self.slots * len(self.running)
-        if wait and not wait_consumers(self.vhost, queue, consumers, timeout=60):
+        if wait and not wait_consumers(self.vhost, ROSTER_QUEUE, len(self.running), timeout=60):
             raise RuntimeError("the workers did not start consuming within 60 s; see the worker logs")
 
     def stop(self, grace: float = 20.0) -> None:

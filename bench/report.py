@@ -202,7 +202,7 @@ def markdown(r: dict[str, Any], plots: list[str] | None = None) -> str:
         )
     for count in sorted(memory, key=int):
         rows.append(
-            (f"Lane queues' memory, {int(count):,} lanes", "lanes_memory_mb_by_count", memory[count], None, "MB")
+            (f"Partitions' memory, {int(count):,} lanes", "lanes_memory_mb_by_count", memory[count], None, "MB")
         )
     rows.append(("Cold start: worker start → first result", "cold_start_s", r.get("cold_start_s"), None, "s"))
     stored = d.get("growth", {}).get("records")

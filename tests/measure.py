@@ -5,7 +5,7 @@
 coldstart  enqueue with zero workers -> first result, and last result -> zero workers
 function   /enqueue requests per second through one enqueue function process
 worker     echo requests per second drained by one worker process (WORKER_SLOTS=4)
-broker     broker memory per idle lane queue, and lane publishes per second
+broker     confirmed publishes per second into the partitions
 
 Every run is bounded in requests and seconds and stops by itself.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 import pika
 
 from deploy import services
-from lanes.broker import lane_arguments
+from lanes.broker import partition_arguments
 from lanes.settings import Settings
 from tests.conftest import Workers
 from tests.support import Api, management_api, open_vhost, wait_until
@@ -105,7 +105,7 @@ def worker(lanes: int = 40, per_lane: int = 25, processes: int = 1) -> None:
         del ids
 
 
-def broker(lanes: int = 2000, publishes: int = 2000) -> None:
+def broker(publishes: int = 2000) -> None:
     vhost = f"lanes-measure-{uuid.uuid4().hex[:8]}"
     vhost_url = open_vhost(vhost)
     try:
@@ -113,25 +113,18 @@ def broker(lanes: int = 2000, publishes: int = 2000) -> None:
         channel = connection.channel()
         channel.confirm_delivery()
         for queue_type in ("classic", "quorum"):
-            count = lanes if queue_type == "classic" else lanes // 10
-            arguments = lane_arguments(Settings.from_env({"QUEUE_TYPE": queue_type}))
-            before = _broker_memory()
-            for n in range(count):
-                channel.queue_declare(f"m.lane.{queue_type}.{n}", durable=True, arguments=arguments)
-            time.sleep(6)  # memory figures are refreshed every 5 s
-            per_lane = (_broker_memory() - before) / count
+            settings = Settings.from_env({"QUEUE_TYPE": queue_type})
+            partitions = [f"m.partition.{queue_type}.{n}" for n in range(settings.lane_partitions)]
+            for name in partitions:
+                channel.queue_declare(name, durable=True, arguments=partition_arguments(settings))
             began = time.monotonic()
             for n in range(publishes):
-                lane = f"m.lane.{queue_type}.{n % count}"
-                # What one enqueue asks of the broker: declare, confirmed publish, depth read.
-                channel.queue_declare(lane, durable=True, arguments=arguments)
-                channel.basic_publish("", lane, b'{"request_id":"x"}', mandatory=True)
-                channel.queue_declare(lane, passive=True)
+                # What one enqueue asks of the broker: one confirmed, persistent publish.
+                channel.basic_publish(
+                    "", partitions[n % len(partitions)], b'{"request_id":"x"}', pika.BasicProperties(delivery_mode=2)
+                )
             rate = publishes / (time.monotonic() - began)
-            print(
-                f"{queue_type} lanes: ~{per_lane / 1024:.0f} KiB broker memory per idle lane ({count} lanes); "
-                f"{rate:.0f} enqueue round trips/s on one connection"
-            )
+            print(f"{queue_type} partitions: {rate:.0f} enqueue round trips/s on one connection")
         connection.close()
     finally:
         management_api("DELETE", f"/api/vhosts/{vhost}")

@@ -22,7 +22,7 @@ from bench.lanes_stack import TERMINAL, Workers, epoch, lanes_env, worker_env
 from bench.procs import STOP
 from lanes.broker import ChannelPool
 from lanes.db import connect, ensure_indexes
-from lanes.protocol import LanePublisher
+from lanes.protocol import LaneLedger, PartitionPublisher
 from lanes.queueing import Enqueuer
 from lanes.requests import Requests
 from lanes.settings import Settings
@@ -67,8 +67,9 @@ def _measure(ctx: Context, count: int, vhost: str, database: str) -> dict[str, A
     ctx.say("scale", f"{count} lanes: {filled} requests queued in {fill_seconds:.1f} s (no worker running)")
     # Queue memory comes from the management API: wait until its figures show the fill.
     wait_vhost_holds(vhost, filled, timeout=STATS_INTERVAL * 3)
-    lane_queues = [q for q in queues(vhost) if ".lane." in q["name"]]
-    memory_mb = sum(q.get("memory", 0) for q in lane_queues) / 2**20
+    # Every lane's requests wait in one of the fixed partitions: their memory is the queues'.
+    partition_queues = [q for q in queues(vhost) if ".partition." in q["name"]]
+    memory_mb = sum(q.get("memory", 0) for q in partition_queues) / 2**20
     node_after = node_memory_mb()
     workers = Workers(worker_env(env), ctx.procs, vhost, name=f"scale{count}-worker")
     workers.start(ctx.sizes.workers)
@@ -84,12 +85,13 @@ def _measure(ctx: Context, count: int, vhost: str, database: str) -> dict[str, A
     started = [s for r in records if (s := epoch(r.get("started_at")))]
     span = max(finished) - min(started) if finished and started else 0.0
     result: dict[str, Any] = {
-        "lanes": len(lane_queues),
+        "lanes": count,
+        "partitions": len(partition_queues),
         "requests_per_lane": per_lane,
         "queued": filled,
         "fill_seconds": round(fill_seconds, 1),
         "lane_queues_memory_mb": round(memory_mb, 2),
-        "memory_kib_per_lane": round(memory_mb * 1024 / max(1, len(lane_queues)), 1),
+        "memory_kib_per_lane": round(memory_mb * 1024 / max(1, count), 1),
         "node_memory_delta_mb": round(node_after - node_before, 1),
         "finished": len(finished),
         "drained": len(finished) == filled,
@@ -99,7 +101,7 @@ def _measure(ctx: Context, count: int, vhost: str, database: str) -> dict[str, A
     }
     ctx.say(
         "scale",
-        f"{count} lanes: lane queues use {result['lane_queues_memory_mb']} MB; workers finished "
+        f"{count} lanes: their partitions use {result['lane_queues_memory_mb']} MB; workers finished "
         f"{result['finished']} in {result['seconds']} s = {result['rps']} req/s",
     )
     return result
@@ -110,7 +112,8 @@ def _fill(settings: Settings, count: int, per_lane: int, seconds: float) -> tupl
     db = connect(settings)
     ensure_indexes(db)
     pool = ChannelPool(settings, max_idle=FILL_THREADS)
-    enqueuer = Enqueuer(settings, Requests(db), LanePublisher(settings, pool))
+    ledger = LaneLedger(settings.lane_depth_limit, verify=lambda _request_id: False)
+    enqueuer = Enqueuer(settings, Requests(db), PartitionPublisher(settings, pool, ledger))
     body = EnqueueBody(action="echo", data={"n": 1})
     start = time.monotonic()
     deadline = start + max(1.0, seconds)

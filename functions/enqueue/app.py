@@ -10,8 +10,7 @@ from lanes.broker import ChannelPool, check_connection
 from lanes.db import connect, ensure_indexes, ping
 from lanes.errors import DatabaseError
 from lanes.logs import configure_logging
-from lanes.partitions import partition_publisher
-from lanes.protocol import LanePublisher
+from lanes.protocol import partition_publisher
 from lanes.queueing import Enqueuer
 from lanes.ratelimit import RateLimiter
 from lanes.requests import Requests, public_view
@@ -34,12 +33,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     known_actions = build_registry(settings).names
     requests = Requests(db)
     pool = ChannelPool(settings)
-    publisher = (
-        partition_publisher(settings, pool, requests)
-        if settings.lane_protocol == "partitions"
-        else LanePublisher(settings, pool)
-    )
-    enqueuer = Enqueuer(settings, requests, publisher)
+    enqueuer = Enqueuer(settings, requests, partition_publisher(settings, pool, requests))
     # Per user, in this process's memory: the limit costs no round trip (lanes.ratelimit).
     per_user = RateLimiter(settings.enqueue_rate_per_second, settings.enqueue_burst)
     app = create_base_app("enqueue", settings)

@@ -15,7 +15,7 @@ from typing import Any
 from lanes.broker import ChannelPool
 from lanes.db import connect, iso
 from lanes.errors import LanesError
-from lanes.protocol import LanePublisher
+from lanes.protocol import LaneLedger, PartitionPublisher
 from lanes.queueing import Enqueuer
 from lanes.requests import Requests, request_data
 from lanes.revocations import Revocations
@@ -35,7 +35,11 @@ def requeue(settings: Settings, request_id: str) -> dict[str, Any]:
     letter = requests.dead_letter(request_id)
     if letter is None:
         raise LanesError(f"no dead letter {request_id}", code="not_found")
-    enqueuer = Enqueuer(settings, requests, LanePublisher(settings, ChannelPool(settings, max_idle=1)))
+    # This process has seen none of the lane's requests: the depth limit and `position`
+    # count from zero here (an operator's requeue is not a client's flood).
+    ledger = LaneLedger(settings.lane_depth_limit, verify=lambda _request_id: False)
+    publisher = PartitionPublisher(settings, ChannelPool(settings, max_idle=1), ledger)
+    enqueuer = Enqueuer(settings, requests, publisher)
     body = EnqueueBody(action=letter["action"], data=request_data(letter))
     accepted = enqueuer.enqueue(letter["user_id"], body, None)
     requests.mark_requeued(request_id, accepted.record["_id"])

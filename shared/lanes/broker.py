@@ -8,8 +8,8 @@ unusable). After a 404, 403 or 405 the broker closes the channel; the `Channel`
 wrapper opens a fresh one on the same connection, so the caller can go on.
 
 pika's BlockingConnection must never be shared between threads or greenlets, so HTTP
-functions borrow whole connections from a small pool, one borrower at a time, and each
-worker slot owns its own `Session`.
+functions borrow whole connections from a small pool, one borrower at a time, and a
+worker process's one `PartitionSession` is used by its dispatcher thread alone.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import os
 import queue
 import time
 from collections import deque
@@ -74,34 +75,28 @@ class QueueNames:
         return cls(settings.queue_prefix, settings.queue_type)
 
     @property
-    def ready(self) -> str:
-        """Wake-up tokens: one per lane that has work (waiting for a slot, or held by one)."""
-        return f"{self.prefix}.ready"
-
-    @property
     def sweeper(self) -> str:
         """Whoever consumes this queue (exclusively) is the one sweeper of the deployment."""
         return f"{self.prefix}.sweeper"
 
-    def lane(self, user_id: str) -> str:
-        return f"{self.prefix}.lane.{user_id}"
-
-    def bell(self, user_id: str) -> str:
-        """A queue of at most one message: 'this lane has a token or a holder'."""
-        return f"{self.prefix}.bell.{user_id}"
-
-    def lane_owner(self, queue_name: str) -> str | None:
-        start = f"{self.prefix}.lane."
-        return queue_name[len(start) :] if queue_name.startswith(start) else None
-
     def partition(self, index: int) -> str:
-        """One of the fixed queues every lane is hashed to (lanes.partitions)."""
+        """One of the fixed queues every lane is hashed to (lanes.protocol)."""
         return f"{self.prefix}.partition.{index}"
 
     @property
     def workers(self) -> str:
         """Every worker process consumes this empty queue: its consumer count is how many run."""
         return f"{self.prefix}.workers"
+
+    @property
+    def busy_workers(self) -> str:
+        """Consumed by each worker process that holds work: the autoscaler sees it at once."""
+        return f"{self.prefix}.workers.busy"
+
+    @property
+    def waiting_workers(self) -> str:
+        """Consumed by each worker process in which lanes wait for a free slot."""
+        return f"{self.prefix}.workers.waiting"
 
     @property
     def settled(self) -> str:
@@ -117,15 +112,6 @@ class Counts:
     consumers: int
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """A message delivered to a consumer, waiting for its ack or nack."""
-
-    tag: int
-    body: bytes
-    place: int = 0  # which of a slot's lane channels it came on
-
-
 def connection_parameters(settings: Settings) -> pika.URLParameters:
     params = pika.URLParameters(settings.rabbitmq_url)
     params.heartbeat = 30
@@ -133,7 +119,9 @@ def connection_parameters(settings: Settings) -> pika.URLParameters:
     params.connection_attempts = 1
     params.socket_timeout = 3
     params.stack_timeout = 5
-    params.client_properties = {"connection_name": "lanes"}
+    # Named with the process id, so that the management UI (and a test) can tell which
+    # process holds a partition.
+    params.client_properties = {"connection_name": f"lanes pid {os.getpid()}"}
     return params
 
 
@@ -149,49 +137,17 @@ def check_connection(settings: Settings) -> None:
     open_connection(settings).close()
 
 
-def lane_arguments(settings: Settings) -> dict[str, Any]:
-    """Lane queue arguments: RabbitMQ itself refuses publishes beyond the depth limit, and
-    deletes a lane that nobody declared, consumed or read for the idle period.
-
-    A quorum queue does not enforce exclusive consumers, so a quorum lane is a
-    single-active-consumer queue instead: a second consumer waits inactive and
-    the holder notices it (docs/design.md, "Holding a lane")."""
-    arguments: dict[str, Any] = {
-        "x-max-length": settings.lane_depth_limit,
-        "x-overflow": "reject-publish",
-        "x-expires": settings.lane_idle_seconds * 1000,
-        "x-queue-type": settings.queue_type,
-    }
-    if settings.queue_type == "quorum":
-        arguments["x-delivery-limit"] = QUORUM_DELIVERY_LIMIT
-        arguments["x-single-active-consumer"] = True
-    return arguments
-
-
-def bell_arguments(settings: Settings) -> dict[str, Any]:
-    """A bell holds one ring; it is a hint (losing it costs a spare token), so it stays a
-    light classic queue whatever QUEUE_TYPE is, and expires with its lane."""
-    return {
-        "x-max-length": 1,
-        "x-overflow": "reject-publish",
-        "x-expires": settings.lane_idle_seconds * 1000,
-        "x-queue-type": "classic",
-    }
-
-
 def partition_arguments(settings: Settings) -> dict[str, Any]:
     """A partition lives for ever (no expiry: it is one of a fixed few) and has no length
-    limit: a lane's depth is counted per lane (lanes.partitions.LaneLedger)."""
+    limit: a lane's depth is counted per lane (lanes.protocol.LaneLedger).
+
+    A quorum queue does not enforce exclusive consumers, so a quorum partition is a
+    single-active-consumer queue: a worker that joins beside the holder receives nothing
+    (docs/design.md §4.3)."""
     arguments: dict[str, Any] = {"x-queue-type": settings.queue_type}
     if settings.queue_type == "quorum":
         arguments["x-delivery-limit"] = QUORUM_DELIVERY_LIMIT
-    return arguments
-
-
-def ready_arguments(names: QueueNames) -> dict[str, Any]:
-    arguments: dict[str, Any] = {"x-queue-type": names.queue_type}
-    if names.queue_type == "quorum":
-        arguments["x-delivery-limit"] = QUORUM_DELIVERY_LIMIT
+        arguments["x-single-active-consumer"] = True
     return arguments
 
 
@@ -225,7 +181,6 @@ class Channel:
     def __init__(self, connection: pika.BlockingConnection) -> None:
         self._connection = connection
         self._channel: BlockingChannel | None = None
-        self._unconfirmed: BlockingChannel | None = None
 
     @property
     def raw(self) -> BlockingChannel:
@@ -269,23 +224,11 @@ class Channel:
         with self._translated():
             return _counts(self.raw.queue_declare(name, passive=True))
 
-    def publish(self, queue_name: str, body: bytes, *, persistent: bool = True, timestamp: float | None = None) -> None:
-        """Publish and wait for the broker's confirm: Refused (full) or QueueMissing (unroutable)."""
-        properties = _persistent(timestamp) if persistent else _TRANSIENT
+    def publish(self, queue_name: str, body: bytes, *, timestamp: float | None = None) -> None:
+        """Publish persistently and wait for the broker's confirm: Refused (nacked) or
+        QueueMissing (unroutable)."""
         with self._translated():
-            self.raw.basic_publish("", queue_name, body, properties, mandatory=True)
-
-    def send(self, queue_name: str, body: bytes) -> None:
-        """Publish a transient hint without waiting for the broker: no confirm, no return.
-        A hint lost this way must be one that something else repairs."""
-        with self._translated():
-            if self._unconfirmed is None or not self._unconfirmed.is_open:
-                self._unconfirmed = self._connection.channel()
-            self._unconfirmed.basic_publish("", queue_name, body, _TRANSIENT)
-
-    def purge(self, name: str) -> None:
-        with self._translated():
-            self.raw.queue_purge(name)
+            self.raw.basic_publish("", queue_name, body, _persistent(timestamp), mandatory=True)
 
 
 def _counts(declared: Any) -> Counts:
@@ -361,129 +304,6 @@ def _close_quietly(connection: pika.BlockingConnection) -> None:
         pass
 
 
-class Session:
-    """One worker slot's connection: a channel that takes wake-up tokens, a control channel
-    (tokens out, bells, counts), and one channel per lane the slot holds, with every
-    delivery buffered until the slot asks for it.
-
-    A lane has a channel of its own because a refused exclusive consume closes the
-    channel it was tried on, and with it every other consumer of that channel.
-
-    Nothing here polls: `wait` blocks in pika's I/O loop until a frame arrives, the
-    time is up, or another thread calls `wake` (a handler that finished)."""
-
-    def __init__(self, settings: Settings, names: QueueNames) -> None:
-        self._connection = open_connection(settings)
-        self._names = names
-        self.tokens: deque[Delivery] = deque()
-        self.lane_deliveries: deque[Delivery] = deque()
-        self.channel = Channel(self._connection)
-        self._lanes: dict[int, BlockingChannel] = {}
-        self._consumers: dict[int, str] = {}
-        with self.channel._translated():
-            self._token_channel = self._connection.channel()
-            self._token_channel.queue_declare(names.ready, durable=True, arguments=ready_arguments(names))
-
-    # -- tokens -------------------------------------------------------------------
-
-    def listen_for_tokens(self, prefetch: int) -> None:
-        """Take up to `prefetch` tokens at a time: as many lanes as the slot may hold."""
-        with self.channel._translated():
-            self._token_channel.basic_qos(prefetch_count=prefetch)
-            self._token_channel.basic_consume(self._names.ready, self._on_token)
-
-    def stop_listening_for_tokens(self) -> None:
-        """Cancel the token consumer; tokens delivered but not yet taken go back to the queue."""
-        with self.channel._translated():
-            for tag in list(self._token_channel.consumer_tags):
-                self._token_channel.basic_cancel(tag)
-            while self.tokens:
-                self._token_channel.basic_nack(self.tokens.popleft().tag, requeue=True)
-
-    def ack_token(self, token: Delivery) -> None:
-        with self.channel._translated():
-            self._token_channel.basic_ack(token.tag)
-
-    def _on_token(self, _channel: Any, method: Any, _properties: Any, body: bytes) -> None:
-        self.tokens.append(Delivery(method.delivery_tag, body))
-
-    # -- holding lanes -------------------------------------------------------------
-
-    def hold(self, place: int, lane: str, exclusive: bool) -> None:
-        """Consume the lane on channel `place`, one unacknowledged message at a time.
-
-        `exclusive`: the broker refuses a second consumer (QueueInUse). Without it
-        (quorum lanes, single active consumer) a second consumer is accepted but
-        receives nothing while the first lives."""
-        with self._lane_translated(place):
-            channel = self._lane_channel(place)
-            self._consumers[place] = channel.basic_consume(
-                lane, functools.partial(self._on_lane_message, place), exclusive=exclusive
-            )
-
-    def release(self, place: int) -> None:
-        """Stop consuming the lane held on `place`; a message delivered but not run goes back
-        to the head of its lane."""
-        with self._lane_translated(place):
-            channel = self._lane_channel(place)
-            tag = self._consumers.pop(place, None)
-            if tag is not None:
-                channel.basic_cancel(tag)
-            for delivery in [d for d in self.lane_deliveries if d.place == place]:
-                self.lane_deliveries.remove(delivery)
-                channel.basic_nack(delivery.tag, requeue=True)
-
-    def ack(self, delivery: Delivery) -> None:
-        with self._lane_translated(delivery.place):
-            self._lane_channel(delivery.place).basic_ack(delivery.tag)
-
-    def nack(self, delivery: Delivery) -> None:
-        """Put a message back at the head of its lane."""
-        with self._lane_translated(delivery.place):
-            self._lane_channel(delivery.place).basic_nack(delivery.tag, requeue=True)
-
-    def _lane_channel(self, place: int) -> BlockingChannel:
-        channel = self._lanes.get(place)
-        if channel is None or not channel.is_open:
-            channel = self._connection.channel()
-            channel.basic_qos(prefetch_count=1)
-            self._lanes[place] = channel
-        return channel
-
-    @contextmanager
-    def _lane_translated(self, place: int) -> Iterator[None]:
-        try:
-            with self.channel._translated():
-                yield
-        except (QueueMissing, QueueInUse, ArgumentsDiffer):
-            self._lanes.pop(place, None)  # the broker closed that channel
-            self._consumers.pop(place, None)
-            raise
-
-    def _on_lane_message(self, place: int, _channel: Any, method: Any, _properties: Any, body: bytes) -> None:
-        self.lane_deliveries.append(Delivery(method.delivery_tag, body, place))
-
-    # -- the I/O loop -------------------------------------------------------------------
-
-    def wait(self, seconds: float, until: Callable[[], bool]) -> None:
-        """Serve the connection (heartbeats, deliveries) until `until()` or `seconds` pass."""
-        deadline = time.monotonic() + seconds
-        with self.channel._translated():
-            self._connection.process_data_events(time_limit=0)  # dispatch what arrived meanwhile
-            while not until() and (left := deadline - time.monotonic()) > 0:
-                self._connection.process_data_events(time_limit=left)
-
-    def wake(self) -> None:
-        """From any thread: make a `wait` in progress return and look at its condition."""
-        try:
-            self._connection.add_callback_threadsafe(_nothing)
-        except Exception:  # noqa: BLE001 - a closed connection: the waiter finds out itself
-            pass
-
-    def close(self) -> None:
-        _close_quietly(self._connection)
-
-
 def _nothing() -> None:
     pass
 
@@ -516,6 +336,7 @@ class PartitionSession:
         self._connection = open_connection(settings)
         self._exclusive = names.queue_type == "classic"
         self._partitions: dict[int, tuple[BlockingChannel, int]] = {}
+        self._delivered: set[int] = set()  # generations that delivered at least one message
         self.deliveries: deque[PartitionDelivery] = deque()
         self.control = Channel(self._connection)
         with self.control._translated():
@@ -524,6 +345,11 @@ class PartitionSession:
             roster = self._connection.channel()
             roster.queue_declare(names.workers, auto_delete=True, arguments={"x-queue-type": "classic"})
             roster.basic_consume(names.workers, lambda *_: None)
+            self._signals = self._connection.channel()
+            for name in (names.busy_workers, names.waiting_workers):
+                # Kept (not auto-deleted) so that showing a state never creates a queue.
+                self._signals.queue_declare(name, arguments={"x-queue-type": "classic"})
+        self._shown: dict[str, str] = {}  # signal queue -> consumer tag
 
     @property
     def held(self) -> list[int]:
@@ -540,16 +366,14 @@ class PartitionSession:
         joined when it has no consumer at all; the broker removes a dead holder's consumer
         in the same step that returns its unacknowledged messages."""
         name = self._names.partition(index)
-        try:
-            if self.control.counts(name).consumers > 0:
-                return False  # asking is cheaper than a refused consume, which costs a channel
-        except QueueMissing:
-            pass
+        # Declared here too, so a worker that starts before any enqueue holds its share;
+        # asking first is also cheaper than a refused consume, which costs a channel.
+        if self.control.declare(name, partition_arguments(self._settings)).consumers > 0:
+            return False
         generation = next(_GENERATIONS)
         try:
             with self.control._translated():
                 channel = self._connection.channel()
-                channel.queue_declare(name, durable=True, arguments=partition_arguments(self._settings))
                 channel.basic_qos(prefetch_count=0)
                 channel.basic_consume(
                     name, functools.partial(self._on_message, index, generation), exclusive=self._exclusive
@@ -590,11 +414,37 @@ class PartitionSession:
         with self.control._translated():
             self._feed.basic_publish(self._names.settled, "", body, _TRANSIENT)
 
+    def show(self, busy: bool, waiting: bool) -> None:
+        """Let the autoscaler see this process's state at once, over AMQP, as a consumer of
+        the busy and waiting queues: the work a worker holds is unacknowledged, which the
+        broker's counts show only through the management API, seconds late."""
+        with self.control._translated():
+            for name, wanted in ((self._names.busy_workers, busy), (self._names.waiting_workers, waiting)):
+                if wanted and name not in self._shown:
+                    self._shown[name] = self._signals.basic_consume(name, lambda *_: None)
+                elif not wanted and name in self._shown:
+                    self._signals.basic_cancel(self._shown.pop(name))
+
+    def standby(self) -> list[int]:
+        """Held quorum partitions that have another consumer and gave this one nothing:
+        this process joined second and is the inactive one (docs/design.md §4.3)."""
+        if self._exclusive:
+            return []
+        return [
+            index
+            for index, (_channel, generation) in self._partitions.items()
+            if generation not in self._delivered and self.control.counts(self._names.partition(index)).consumers > 1
+        ]
+
     def _on_message(self, index: int, generation: int, _channel: Any, method: Any, _props: Any, body: bytes) -> None:
+        self._delivered.add(generation)
         self.deliveries.append(PartitionDelivery(index, generation, method.delivery_tag, body))
 
     def wait(self, seconds: float, until: Callable[[], bool]) -> None:
-        """Serve the connection until `until()` or `seconds` pass (see Session.wait)."""
+        """Serve the connection (heartbeats, deliveries) until `until()` or `seconds` pass.
+
+        Nothing here polls: it blocks in pika's I/O loop until a frame arrives, the time
+        is up, or another thread calls `wake` (a slot that settled a request)."""
         deadline = time.monotonic() + seconds
         with self.control._translated():
             self._connection.process_data_events(time_limit=0)
@@ -602,6 +452,7 @@ class PartitionSession:
                 self._connection.process_data_events(time_limit=left)
 
     def wake(self) -> None:
+        """From any thread: make a `wait` in progress return and look at its condition."""
         try:
             self._connection.add_callback_threadsafe(_nothing)
         except Exception:  # noqa: BLE001 - a closed connection: the waiter finds out itself

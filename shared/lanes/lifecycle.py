@@ -1,7 +1,7 @@
 """One request's life in a worker slot: claim it, attempt it with retries, record its outcome.
 
-The slot calls `RequestRunner.run` for the message at the head of the lane it holds and
-acknowledges the message once `run` returns; by then the request's one outcome is in
+A slot calls `RequestRunner.run` for the request its dispatcher handed it, and the
+message is acknowledged once `run` returns; by then the request's one outcome is in
 the database (or was already: a redelivered copy is never run again).
 
 Retries: a failed attempt is tried again after RETRY_BACKOFF_SECONDS * 2^(attempt-1),
@@ -41,8 +41,8 @@ class AttemptTimedOut(BaseException):
 @dataclass(frozen=True)
 class Waiting:
     """How a slot waits while a handler runs or a retry backs off: `wait(seconds, until)`
-    serves the broker connection until `until()` holds or the time is up, and `wake()`
-    (from any thread) makes it look at `until()` at once."""
+    returns when `until()` holds or the time is up, and `wake()` (from any thread)
+    makes it look at `until()` at once."""
 
     wait: Callable[[float, Callable[[], bool]], None]
     wake: Callable[[], None]
@@ -112,12 +112,11 @@ class RequestRunner:
             backoff = settings.retry_backoff_seconds * 2 ** (attempt - 1)
             self._waiting.wait(backoff, self._stop.is_set)
             if self._stop.is_set():
-                raise HandBack  # the next holder goes on with the next attempt
+                raise HandBack  # the partition's next holder goes on with the next attempt
             record["attempts"] = attempt + 1
             self._requests.count_attempt(record["_id"], record["attempts"])
 
     def _finish(self, record: dict[str, Any], outcome: Outcome) -> None:
-        self._waiting.wait(0, lambda: True)  # the connection still lives: we still hold the lane
         self._requests.finish(
             record["_id"], record["user_id"], outcome, record["attempts"], record["action"], record.get("started_at")
         )
@@ -130,7 +129,7 @@ class RequestRunner:
         log.info("request failed", extra=_fields(record, "failed", record["attempts"]))
 
     def _execute(self, record: dict[str, Any], attempt: int) -> tuple[bool, Any]:
-        """Run the action in the handler thread; the slot serves its connection meanwhile and
+        """Run the action in the handler thread; the slot waits for it and
         is woken the moment the handler returns."""
         handler = self._registry.get(record["action"])
         if handler is None:

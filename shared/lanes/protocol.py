@@ -1,65 +1,64 @@
-"""The lane protocol: how a request gets into its lane, how a lane gets a worker slot, and
-how a slot holds a lane and lets it go. docs/design.md argues why it keeps every lane FIFO
-and loses no wake-up; this module is that argument in code.
+"""The lane protocol: every lane is hashed to one of LANE_PARTITIONS
+durable queues, a partition is consumed by one worker process at a time, and that
+process runs the lanes it sees one request per lane at a time, taking turns.
+docs/design.md argues why this keeps every lane FIFO; this module is that argument in code.
 
-Per lane the broker keeps two queues:
-- the **lane** `<prefix>.lane.<user>`: the user's requests, persistent, in order;
-- the **bell** `<prefix>.bell.<user>`: at most one message, meaning "this lane has a
-  wake-up token in `<prefix>.ready`, or a slot holding it".
+Enqueue: one confirmed publish to the lane's partition. Its depth and `position` come
+from the process's ledger of the requests it accepted and has not heard settled.
 
-Enqueue: publish the request (confirmed), then ring the bell; whoever rings an empty
-bell publishes the lane's token. A slot that takes a token *holds* the lane by consuming
-it exclusively (one unacknowledged message at a time) and keeps it while it has work
-and no other lane waits. Letting go: stop consuming; with work left, send the token to
-the back of the ready queue (the bell stays rung); with none, silence the bell, look at
-the lane once more and ring again if something arrived meanwhile.
-
-If a holder's connection dies, the broker removes its consumer and requeues its one
-unacknowledged message at the head of the lane in one step of the lane's own queue
-process (for quorum lanes, one Raft command), so no other slot can read past it.
+Worker: the partitions it holds are consumed with an exclusive consumer and no prefetch
+limit, so every waiting request is in the process's scheduler. A lane's next request
+starts only once the one before it is acknowledged, and the acknowledgement follows
+the outcome's write. When the process dies, or lets a partition go, the broker puts
+every unacknowledged message of the partition back at its head, in order, in the same
+step that frees the partition for the next holder.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import random
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+import zlib
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from lanes.broker import (
-    Channel,
     ChannelPool,
-    Counts,
-    Delivery,
-    QueueInUse,
+    PartitionDelivery,
+    PartitionSession,
     QueueMissing,
     QueueNames,
     Refused,
-    Session,
-    bell_arguments,
+    SettledFeed,
     decode,
     encode,
-    lane_arguments,
-    ready_arguments,
+    partition_arguments,
 )
-from lanes.errors import BrokerError
+from lanes.errors import BrokerError, DatabaseError
 from lanes.settings import Settings
+
+if TYPE_CHECKING:
+    from lanes.requests import Requests
 
 log = logging.getLogger("lanes.protocol")
 
-# Lanes whose last declaration a process remembers (a few MB at most).
-MAX_REMEMBERED_LANES = 100_000
+# How often a worker process looks at how many processes share the partitions.
+BALANCE_SECONDS = 1.0
+# How long an idle slot waits for a turn before it looks whether the worker stops.
+IDLE_SECONDS = 0.5
+# The settled feed is sent at most this often, and at once past this many ids.
+SETTLED_FLUSH_SECONDS = 0.02
+SETTLED_FLUSH_IDS = 500
 
-# How long a full slot keeps a quiet lane even while other lanes wait: long enough for
-# a next message already on its way (sent after the last ack) or a client's next request
-# to arrive, each of which would otherwise cost a token round trip. And how often a full
-# slot asks whether other lanes wait.
-DELIVERY_GRACE_SECONDS = 0.02
-WAITING_CHECK_SECONDS = 0.05
 
-# How often a slot with held lanes looks for lanes to let go, at the longest.
-IDLE_CHECK_SECONDS = 0.5
+def partition_of(user_id: str, partitions: int) -> int:
+    return zlib.crc32(user_id.encode()) % partitions
 
 
 class LaneFull(Exception):
@@ -100,305 +99,433 @@ class LaneMessage:
             raise ValueError(f"not a request message: {error!r}") from None
 
 
-def token_body(user_id: str) -> bytes:
-    return encode({"user_id": user_id})
+class HandBack(Exception):
+    """The worker is stopping between two attempts of a request: return it to its lane."""
 
 
-def send_token(channel: Channel, names: QueueNames, user_id: str) -> None:
-    """Publish a lane's wake-up token to the back of the ready queue.
+class LaneLedger:
+    """Per user, the requests this process accepted and has not heard settled: the lane's
+    depth (LANE_DEPTH_LIMIT) and each new request's `position`.
 
-    Transient and unconfirmed: a persistent, confirmed message costs the broker about
-    2.5x the CPU of a transient one (0.72 against 0.28 ms, measured), and a token is a
-    hint. A token lost with the broker (a restart drops tokens and rings together) or
-    on the way leaves a lane with work and no token; new enqueues into a silent bell
-    wake their lanes, and the sweeper wakes the others."""
-    channel.send(names.ready, token_body(user_id))
+    A request is entered before its publish, so two concurrent enqueues of one user
+    cannot both pass the limit. Settles arrive on the settled feed; one lost there (a
+    worker killed before it sent it) leaves an entry behind, so a lane that looks full
+    is confirmed first: `verify` drops entries whose outcome is recorded."""
 
+    def __init__(self, limit: int, verify: Callable[[str], bool]) -> None:
+        self._limit = limit
+        self._verify = verify
+        self._open: dict[str, OrderedDict[str, None]] = {}
+        self._owner: dict[str, str] = {}
+        self._lock = threading.Lock()
 
-def token_owner(body: bytes) -> str:
-    """The user whose lane a token wakes; ValueError for a malformed token."""
-    try:
-        return str(decode(body)["user_id"])
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"not a token: {error!r}") from None
+    def enter(self, user_id: str, request_id: str) -> int:
+        """Count the request in its lane; returns how many of the lane's are ahead of it."""
+        with self._lock:
+            lane = self._open.setdefault(user_id, OrderedDict())
+            full = len(lane) >= self._limit
+            oldest = list(lane)[:50] if full else []
+        if full:
+            settled = [request for request in oldest if self._verify(request)]
+            self.settle(settled)
+        with self._lock:
+            lane = self._open.setdefault(user_id, OrderedDict())
+            if len(lane) >= self._limit:
+                raise LaneFull
+            lane[request_id] = None
+            self._owner[request_id] = user_id
+            return len(lane) - 1
 
+    def settle(self, request_ids: Iterable[str]) -> None:
+        with self._lock:
+            for request_id in request_ids:
+                user_id = self._owner.pop(request_id, None)
+                if user_id is None:
+                    continue
+                lane = self._open.get(user_id)
+                if lane is not None:
+                    lane.pop(request_id, None)
+                    if not lane:
+                        del self._open[user_id]
 
-def ring(channel: Channel, names: QueueNames, settings: Settings, user_id: str) -> bool:
-    """Ring the lane's bell; True when it was silent (so the caller must send a token)."""
-    bell = names.bell(user_id)
-    try:
-        channel.publish(bell, b"", persistent=False)
-    except Refused:
-        return False
-    except QueueMissing:
-        channel.declare(bell, bell_arguments(settings))
+    def on_settled_body(self, body: bytes) -> None:
         try:
-            channel.publish(bell, b"", persistent=False)
-        except Refused:
-            return False
-    return True
+            request_ids = json.loads(body)
+        except ValueError:
+            return
+        if isinstance(request_ids, list):
+            self.settle(str(request_id) for request_id in request_ids)
 
 
-class LanePublisher:
-    """The enqueue side: puts requests into lanes and wakes lanes; one per process."""
+class PartitionPublisher:
+    """The enqueue side: one confirmed publish per request; one per process."""
 
-    def __init__(self, settings: Settings, pool: ChannelPool) -> None:
+    def __init__(self, settings: Settings, pool: ChannelPool, ledger: LaneLedger) -> None:
         self._settings = settings
         self._pool = pool
         self._names = QueueNames.of(settings)
-        self._ready_declared = False
-        self._declared: dict[str, float] = {}  # lane -> when this process last declared it
+        self._ledger = ledger
+        self._declared = False
 
     def publish(self, message: LaneMessage, accepted_at: float) -> int:
         """Put the request at the tail of its lane, durably; returns how many wait ahead of it.
 
-        Raises LaneFull, or BrokerError when the message did not reach the broker's disk.
-        A failure to wake the lane afterwards is logged, not raised: the request is
-        durable, and the sweeper wakes a lane that has work and no token.
-        """
-        lane = self._names.lane(message.user_id)
-        with self._pool.channel() as channel:
-            if self._needs_declaring(lane):
-                # Declaring restarts the lane's idle timer, so the broker cannot expire the
-                # lane (and our message with it) under us; a declaration this process made
-                # less than half an idle period ago still guarantees that.
-                self._declare(channel, lane)
-            try:
-                try:
-                    channel.publish(lane, message.body(), timestamp=accepted_at)
-                except QueueMissing:  # expired or deleted since this process declared it
-                    self._declare(channel, lane)
-                    channel.publish(lane, message.body(), timestamp=accepted_at)
-            except Refused:
-                raise LaneFull from None
-            try:
-                after = self._declare(channel, lane)
-            except BrokerError as error:
-                # The request is durable already: accept it, and leave waking to the sweeper.
-                log.warning("looking at the lane failed: %r", error, extra={"user_id": message.user_id})
-                return 0
-            if after.consumers == 0:
-                # Nobody holds the lane now, after our message is in it. A holder seen here
-                # looks at the lane when it lets go (or runs our message before).
-                try:
-                    self.wake(channel, message.user_id)
-                except BrokerError as error:
-                    log.warning("waking lane failed: %r", error, extra={"user_id": message.user_id})
-            return max(0, after.ready - 1)
-
-    def _needs_declaring(self, lane: str) -> bool:
-        declared = self._declared.get(lane)
-        return declared is None or time.monotonic() - declared > self._settings.lane_idle_seconds / 2
-
-    def _declare(self, channel: Channel, lane: str) -> Counts:
-        counts = channel.declare(lane, lane_arguments(self._settings))
-        if len(self._declared) >= MAX_REMEMBERED_LANES:
-            self._declared.clear()
-        self._declared[lane] = time.monotonic()
-        return counts
-
-    def wake(self, channel: Channel, user_id: str) -> None:
-        """Ring the bell and, if it was silent, send the lane's token.
-
-        If the token cannot be sent after a ring was accepted, the ring is taken back, so
-        that the next enqueue sends one (else the bell would claim a token that is not there).
-        """
-        if not ring(channel, self._names, self._settings, user_id):
-            return
+        Raises LaneFull, or BrokerError when the message did not reach the broker's disk."""
+        position = self._ledger.enter(message.user_id, message.request_id)
+        partition = self._names.partition(partition_of(message.user_id, self._settings.lane_partitions))
         try:
-            if not self._ready_declared:
-                channel.declare(self._names.ready, ready_arguments(self._names))
-                self._ready_declared = True
-            send_token(channel, self._names, user_id)
-        except BrokerError:
-            try:
-                channel.purge(self._names.bell(user_id))
-            except BrokerError:
-                pass  # the sweeper finds the lane: work, no holder, no progress
+            with self._pool.channel() as channel:
+                if not self._declared:
+                    for index in range(self._settings.lane_partitions):
+                        channel.declare(self._names.partition(index), partition_arguments(self._settings))
+                    self._declared = True
+                try:
+                    channel.publish(partition, message.body(), timestamp=accepted_at)
+                except Refused:  # a partition has no length limit: the broker is in trouble
+                    raise BrokerError("RabbitMQ refused the request") from None
+                except QueueMissing:  # deleted by hand since this process declared it
+                    self._declared = False
+                    raise BrokerError("the lane's partition is missing") from None
+        except BaseException:
+            self._ledger.settle([message.request_id])
             raise
+        return position
 
 
-@dataclass
-class HeldLane:
-    """A lane a slot holds: its consumer's channel, the token that woke it, its turn so far."""
+def partition_publisher(settings: Settings, pool: ChannelPool, requests: Requests) -> PartitionPublisher:
+    """The enqueue process's publisher, with its ledger fed by the settled feed."""
 
-    user_id: str
-    place: int
-    token: Delivery
-    run: int = 0  # requests run since the hold began or was renewed
-    idle_since: float = field(default_factory=time.monotonic)
+    def settled(request_id: str) -> bool:
+        try:
+            return requests.recorded_outcome(request_id) is not None
+        except DatabaseError:
+            return False  # cannot tell: the lane stays as full as it looks
+
+    ledger = LaneLedger(settings.lane_depth_limit, settled)
+    feed = SettledFeed(settings, QueueNames.of(settings), ledger.on_settled_body)
+    threading.Thread(target=feed.run, name="lanes-settled-feed", daemon=True).start()
+    return PartitionPublisher(settings, pool, ledger)
 
 
-class LaneHolder:
-    """The worker side: one slot's lanes, up to LANES_PER_SLOT at a time.
+@dataclass(frozen=True)
+class Turn:
+    """One request of one lane, handed to a slot."""
 
-    Each held lane has one consumer with one unacknowledged message, so the slot's
-    deliveries come one per lane, and taking them oldest first runs the held lanes
-    round-robin. A lane that runs dry is kept for LANE_LINGER_SECONDS (an enqueue
-    into a held lane is delivered straight to its holder, with no token), unless the
-    slot is full and other lanes wait for a slot."""
+    lane: str
+    delivery: PartitionDelivery
+    message: LaneMessage
+
+
+class LaneScheduler:
+    """The lanes a worker process sees, each a FIFO of deliveries, taking turns: a lane
+    runs one request at a time and goes to the back of the round after each."""
+
+    def __init__(self) -> None:
+        self._lanes: dict[str, deque[Turn]] = {}
+        self._round: deque[str] = deque()  # lanes with work and no request running
+        self.running: set[str] = set()
+
+    def add(self, turn: Turn) -> None:
+        lane = self._lanes.get(turn.lane)
+        if lane is None:
+            lane = self._lanes[turn.lane] = deque()
+            if turn.lane not in self.running:
+                self._round.append(turn.lane)
+        lane.append(turn)
+
+    def next(self, eligible: Callable[[str], bool] = lambda _lane: True) -> Turn | None:
+        """The head of the first lane in the round that may run now; its lane is running."""
+        for _ in range(len(self._round)):
+            name = self._round.popleft()
+            if not eligible(name):
+                self._round.append(name)
+                continue
+            lane = self._lanes[name]
+            turn = lane.popleft()
+            if not lane:
+                del self._lanes[name]
+            self.running.add(name)
+            return turn
+        return None
+
+    def finished(self, name: str) -> None:
+        """The lane's running request is settled: it takes its next turn at the back."""
+        self.running.discard(name)
+        if name in self._lanes:
+            self._round.append(name)
+
+    def drop(self, lost: Callable[[PartitionDelivery], bool]) -> None:
+        """Forget the waiting deliveries of a partition let go (the broker has them back)."""
+        for name in list(self._lanes):
+            lane = deque(turn for turn in self._lanes[name] if not lost(turn.delivery))
+            if lane:
+                self._lanes[name] = lane
+            else:
+                del self._lanes[name]
+                if name in self._round:
+                    self._round.remove(name)
+
+    def waiting(self) -> int:
+        return sum(len(lane) for lane in self._lanes.values())
+
+    def summary(self) -> LanesSeen:
+        depths = [len(self._lanes.get(name, ())) + (name in self.running) for name in self._lanes.keys() | self.running]
+        lanes_waiting = sum(1 for name in self._lanes if name not in self.running)
+        return LanesSeen(len(depths), lanes_waiting, self.waiting(), max(depths, default=0))
+
+
+@dataclass(frozen=True)
+class LanesSeen:
+    """What a worker's lanes look like: lanes with work, of those the ones waiting for a
+    slot, requests not started, and the deepest lane's requests (lanes.metrics.lanes_seen)."""
+
+    lanes_with_work: int
+    lanes_waiting: int
+    waiting_requests: int
+    deepest_lane: int
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What a slot reports for a turn: settled (ack it) or handed back (leave it unacked)."""
+
+    turn: Turn
+    settled: bool
+
+
+class Dispatcher:
+    """A worker process's broker side, in a thread of its own (the only one that touches
+    the connection): holds partitions, feeds the scheduler, hands turns to idle slots,
+    acknowledges what they settle, and announces it."""
 
     def __init__(
         self,
-        session: Session,
         settings: Settings,
-        names: QueueNames,
-        clock: Callable[[], float] = time.monotonic,
+        stop: threading.Event,
+        slots: int,
+        report_lanes: Callable[[LanesSeen], None] = lambda _seen: None,
     ) -> None:
-        self._session = session
         self._settings = settings
-        self._names = names
-        self._clock = clock
-        self._exclusive = names.queue_type == "classic"
-        self._held: dict[int, HeldLane] = {}
-        self._waiting_checked_at = float("-inf")
-        self._others_were_waiting = False
+        self._report_lanes = report_lanes
+        self._names = QueueNames.of(settings)
+        self._stop = stop
+        self._session: PartitionSession = _NotConnected()  # type: ignore[assignment]
+        self._scheduler = LaneScheduler()
+        self._idle = slots
+        self._draining: set[int] = set()
+        self._handed_back: set[str] = set()
+        self._waiting_shown = False
+        self._balanced_at = float("-inf")
+        self._announce: list[str] = []
+        self._announce_since = 0.0
+        self.turns: deque[Turn] = deque()  # handed to slots, taken by `take_turn`
+        self._turns_ready = threading.Condition()
+        self.reports: deque[Settled] = deque()
 
-    def take(self, token: Delivery) -> None:
-        """Hold the lane a token wakes; its token is acknowledged when the lane is let go."""
-        session = self._session
-        try:
-            user_id = token_owner(token.body)
-        except ValueError:
-            log.warning("dropping a malformed token %r", token.body[:100])
-            session.ack_token(token)
-            return
-        if any(held.user_id == user_id for held in self._held.values()):
-            session.ack_token(token)  # a spare token of a lane held here
-            return
-        place = next(i for i in range(len(self._held) + 1) if i not in self._held)
-        lane = self._names.lane(user_id)
-        try:
-            if not self._exclusive and session.channel.counts(lane).consumers > 0:
-                # A quorum lane admits a second consumer (inactive): not joining is what keeps
-                # a standby from taking over ahead of the head a dying holder returns.
-                session.ack_token(token)
-                return
-            session.hold(place, lane, exclusive=self._exclusive)
-        except QueueInUse:
-            session.ack_token(token)  # its holder looks at the lane when it lets go
-            return
-        except QueueMissing:
-            self._silence_or_ring(user_id)  # expired empty
-            session.ack_token(token)
-            return
-        self._held[place] = HeldLane(user_id, place, token, idle_since=self._clock())
+    # -- called from slot threads ---------------------------------------------------------
 
-    def next_delivery(self) -> Delivery | None:
-        """The oldest delivery of any held lane."""
-        deliveries = self._session.lane_deliveries
-        return deliveries.popleft() if deliveries else None
+    def take_turn(self, timeout: float) -> Turn | None:
+        with self._turns_ready:
+            if not self.turns:
+                self._turns_ready.wait(timeout)
+            return self.turns.popleft() if self.turns else None
 
-    def run(self, delivery: Delivery, run_request: Callable[[LaneMessage], None]) -> None:
-        """Run one delivery and acknowledge it; let its lane go when its quantum is up and
-        another lane waits, or when the request was handed back."""
-        held = self._held[delivery.place]
-        handed_back = not self._run(delivery, run_request)
-        held.idle_since = self._clock()
-        held.run += 1
-        if handed_back:
-            self.let_go(held, more=True)
-        elif held.run >= self._settings.lane_quantum:
-            if self._others_waiting():
-                self.let_go(held, more=True)
-            else:
-                held.run = 0  # nobody waits: keep the lane, no token round trip
+    def report(self, settled: Settled) -> None:
+        self.reports.append(settled)
+        self._session.wake()
 
-    def let_go_idle(self) -> float:
-        """Let go of lanes that have nothing to run; returns how long until the next may be.
+    # -- the main loop --------------------------------------------------------------------
 
-        A quiet lane is kept for LANE_LINGER_SECONDS, so that an enqueue into it goes
-        straight to this slot. A full slot (it can take no token) keeps one only while no
-        other lane waits for a slot, asking the ready queue at most every
-        WAITING_CHECK_SECONDS, and never before DELIVERY_GRACE_SECONDS have passed."""
-        now = self._clock()
-        full = len(self._held) >= self._settings.lanes_per_slot
-        busy = {delivery.place for delivery in self._session.lane_deliveries}
-        next_check = IDLE_CHECK_SECONDS
-        for held in list(self._held.values()):
-            if held.place in busy:
-                continue
-            quiet = now - held.idle_since
-            lingered = quiet >= self._settings.lane_linger_seconds
-            if lingered or (full and quiet >= DELIVERY_GRACE_SECONDS and self._others_waiting_lately(now)):
-                self.let_go(held, more=False)
-            else:
-                until = self._settings.lane_linger_seconds - quiet
-                if full:
-                    until = min(until, max(DELIVERY_GRACE_SECONDS - quiet, WAITING_CHECK_SECONDS))
-                next_check = min(next_check, until)
-        return max(0.001, next_check)
+    def run(self) -> None:
+        """Serve until stopped and every running request has settled or been handed back.
 
-    def _others_waiting_lately(self, now: float) -> bool:
-        """Whether lanes wait for a slot, asked of the broker at most every WAITING_CHECK_SECONDS."""
-        if now - self._waiting_checked_at >= WAITING_CHECK_SECONDS:
-            self._waiting_checked_at = now
-            self._others_were_waiting = self._others_waiting()
-        return self._others_were_waiting
-
-    def let_go_all(self) -> None:
-        for held in list(self._held.values()):
-            self.let_go(held, more=False)
-
-    def let_go(self, held: HeldLane, more: bool) -> None:
-        """Stop holding the lane and leave it so that exactly one token stands for its work.
-
-        `more`: the lane is known to hold work: its token goes to the back of the ready
-        queue and the bell stays rung. Otherwise the bell is silenced and the lane looked
-        at once more, which is right whatever the lane holds."""
-        session = self._session
-        session.release(held.place)
-        if more:
-            send_token(session.channel, self._names, held.user_id)
-        else:
-            self._silence_or_ring(held.user_id)
-        session.ack_token(held.token)
-        del self._held[held.place]
-
-    def _silence_or_ring(self, user_id: str) -> None:
-        """Silence the lane's bell, then look: work that arrived meanwhile gets a token."""
-        channel, names = self._session.channel, self._names
-        try:
-            channel.purge(names.bell(user_id))
-        except QueueMissing:
-            pass
-        # Silenced first, looked at second: an enqueue whose ring was refused before the
-        # purge published its request before ringing, so this look sees it.
-        try:
-            waiting = channel.counts(names.lane(user_id)).ready
-        except QueueMissing:
-            waiting = 0
-        if waiting and ring(channel, names, self._settings, user_id):
-            send_token(channel, names, user_id)
-
-    def _run(self, delivery: Delivery, run_request: Callable[[LaneMessage], None]) -> bool:
-        """Run one delivery; False when it was handed back to the head of the lane."""
-        try:
-            message = LaneMessage.parse(delivery.body)
-        except ValueError as error:
-            log.warning("dropping a malformed lane message: %s", error)
-            self._session.ack(delivery)
-            return True
-        try:
-            run_request(message)
-        except HandBack:
-            self._session.nack(delivery)
-            return False
-        except BaseException:
+        A lost connection costs the process its partitions (the broker gives their messages
+        back); it reconnects, and a lane whose request still runs in a slot stays running,
+        so its redelivered head waits behind it and is then found settled."""
+        failures = 0
+        while True:
             try:
-                self._session.nack(delivery)
-            except BrokerError:
-                pass  # the connection is gone: the broker requeues it by itself
-            raise
-        self._session.ack(delivery)
-        return True
+                self._session = PartitionSession(self._settings, self._names)
+                self._balanced_at = float("-inf")
+                self._serve()
+                return
+            except BrokerError as error:
+                failures += 1
+                log.warning("worker lost the broker: %r; reconnecting", error)
+            self._session.close()
+            self._scheduler.drop(lambda _delivery: True)
+            self._draining.clear()
+            if self._stop.is_set():
+                self._take_back_undelivered_turns()
+                # Nothing can be acknowledged now: the broker has every message back, and
+                # a settled one is found settled by its next holder.
+                while self._scheduler.running:
+                    time.sleep(0.05)
+                    while self.reports:
+                        self._idle += 1
+                        self._scheduler.finished(self.reports.popleft().turn.lane)
+                return
+            self._stop.wait(min(10.0, 0.25 * 2 ** min(failures, 6)) * random.uniform(0.5, 1.0))
 
-    def _others_waiting(self) -> bool:
-        return self._session.channel.counts(self._names.ready).ready > 0
+    def _serve(self) -> None:
+        try:
+            while not self._stop.is_set() or self._scheduler.running:
+                self._session.wait(self._wait_seconds(), self._has_news)
+                self._settle_reports()
+                self._take_deliveries()
+                self._forget_lost()
+                if self._stop.is_set():
+                    self._take_back_undelivered_turns()
+                else:
+                    self._balance()
+                    self._dispatch()
+                self._flush_announcements()
+        finally:
+            self._flush_announcements(force=True)
+            self._session.close()  # every unacknowledged message goes back to its partition
+
+    def _take_back_undelivered_turns(self) -> None:
+        with self._turns_ready:
+            while self.turns:
+                turn = self.turns.popleft()
+                self._scheduler.running.discard(turn.lane)
+                self._idle += 1
+
+    def _has_news(self) -> bool:
+        session = self._session
+        return bool(self.reports or session.deliveries) or (self._stop.is_set() and not self._scheduler.running)
+
+    def _wait_seconds(self) -> float:
+        """Until the next balance (at once after connecting) or the settled feed's flush."""
+        wait = max(0.0, self._balanced_at + BALANCE_SECONDS - time.monotonic())
+        if self._announce:
+            wait = min(wait, max(0.0, self._announce_since + SETTLED_FLUSH_SECONDS - time.monotonic()))
+        return wait
+
+    def _take_deliveries(self) -> None:
+        deliveries = self._session.deliveries
+        if deliveries:
+            # Busy at once (the next balance may be a second away): an autoscaler about to
+            # stop this idle-looking worker must see the work it was just given.
+            self._session.show(busy=True, waiting=self._waiting_shown)
+        while deliveries:
+            delivery = deliveries.popleft()
+            try:
+                message = LaneMessage.parse(delivery.body)
+            except ValueError as error:
+                log.warning("dropping a malformed lane message: %s", error)
+                self._session.ack(delivery)
+                continue
+            self._scheduler.add(Turn(message.user_id, delivery, message))
+
+    def _settle_reports(self) -> None:
+        while self.reports:
+            report = self.reports.popleft()
+            self._idle += 1
+            if not report.settled:
+                # Stopping between two attempts: its message goes back when we close, and
+                # none of its lane's runs here meanwhile.
+                self._handed_back.add(report.turn.lane)
+                self._scheduler.finished(report.turn.lane)
+                continue
+            # Settled first: should the ack fail with the connection, the broker gives the
+            # message back and its next delivery is found settled.
+            self._scheduler.finished(report.turn.lane)
+            self._session.ack(report.turn.delivery)
+            if not self._announce:
+                self._announce_since = time.monotonic()
+            self._announce.append(report.turn.message.request_id)
+            partition = report.turn.delivery.partition
+            if partition in self._draining and not self._running_in(partition):
+                self._let_go(partition)
+
+    def _forget_lost(self) -> None:
+        for partition, generation in self._session.forget_closed():
+            log.warning("the broker closed partition %d's channel; its messages went back", partition)
+            self._scheduler.drop(_of_incarnation(partition, generation))
+
+    def _dispatch(self) -> None:
+        handed = False
+        while self._idle > 0:
+            turn = self._scheduler.next(self._may_run)
+            if turn is None:
+                break
+            self._idle -= 1
+            with self._turns_ready:
+                self.turns.append(turn)
+                self._turns_ready.notify()
+            handed = True
+        if handed:
+            self._session.wake()
+
+    def _may_run(self, lane: str) -> bool:
+        partition = partition_of(lane, self._settings.lane_partitions)
+        return partition not in self._draining and lane not in self._handed_back
+
+    def _running_in(self, partition: int) -> bool:
+        count = self._settings.lane_partitions
+        return any(partition_of(lane, count) == partition for lane in self._scheduler.running)
+
+    # -- holding partitions ---------------------------------------------------------------
+
+    def _balance(self) -> None:
+        """Hold a fair share of the partitions: take free ones up to it, let extra ones go."""
+        now = time.monotonic()
+        if now - self._balanced_at < BALANCE_SECONDS:
+            return
+        self._balanced_at = now
+        seen = self._scheduler.summary()
+        self._report_lanes(seen)
+        self._waiting_shown = seen.lanes_waiting > 0
+        self._session.show(busy=seen.lanes_with_work > 0, waiting=self._waiting_shown)
+        for index in self._session.standby():
+            self._session.let_go(index)  # it gave us nothing: there is nothing to drop
+        count = self._settings.lane_partitions
+        share = math.ceil(count / self._session.workers())
+        held = [p for p in self._session.held if p not in self._draining]
+        if len(held) < share:
+            start = random.randrange(count)
+            for index in [(start + i) % count for i in range(count)]:
+                if len(held) >= share:
+                    break
+                if index not in self._session.held and self._session.take(index):
+                    held.append(index)
+        elif len(held) > share:
+            for index in held[share:]:
+                self._draining.add(index)
+                if not self._running_in(index):
+                    self._let_go(index)
+
+    def _let_go(self, partition: int) -> None:
+        self._draining.discard(partition)
+        self._session.let_go(partition)
+        self._scheduler.drop(lambda d: d.partition == partition)
+
+    def _flush_announcements(self, force: bool = False) -> None:
+        if not self._announce:
+            return
+        due = time.monotonic() - self._announce_since >= SETTLED_FLUSH_SECONDS
+        if force or due or len(self._announce) >= SETTLED_FLUSH_IDS:
+            body = json.dumps(self._announce, separators=(",", ":")).encode()
+            self._announce = []
+            try:
+                self._session.announce_settled(body)
+            except Exception as error:  # noqa: BLE001 - a hint: the ledgers verify before refusing
+                log.warning("could not announce settled requests: %r", error)
 
 
-class HandBack(Exception):
-    """The worker is stopping between two attempts of a request: return it to its lane."""
+def _of_incarnation(partition: int, generation: int) -> Callable[[PartitionDelivery], bool]:
+    return lambda delivery: delivery.partition == partition and delivery.generation == generation
+
+
+class _NotConnected:
+    """The session before the first connection: waking it does nothing."""
+
+    def wake(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def as_record(message: LaneMessage) -> dict[str, Any]:

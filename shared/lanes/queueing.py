@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lanes.errors import BrokerError, DatabaseError, TooManyRequests, Unavailable
 from lanes.faults import maybe_crash
-from lanes.protocol import LaneFull, LaneMessage, LanePublisher
-
-if TYPE_CHECKING:
-    from lanes.partitions import PartitionPublisher
+from lanes.protocol import LaneFull, LaneMessage, PartitionPublisher
 from lanes.requests import Requests, accepted_at, body_fingerprint, new_request_id, store_value
 from lanes.settings import Settings
 from lanes.validation import EnqueueBody
@@ -41,7 +38,7 @@ class Accepted:
 
 
 class Enqueuer:
-    def __init__(self, settings: Settings, requests: Requests, publisher: LanePublisher | PartitionPublisher) -> None:
+    def __init__(self, settings: Settings, requests: Requests, publisher: PartitionPublisher) -> None:
         self._settings = settings
         self._requests = requests
         self._publisher = publisher

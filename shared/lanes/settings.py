@@ -16,7 +16,6 @@ from lanes.proxies import TrustedProxies, parse_networks
 PLACEHOLDER_SECRETS = frozenset({"your_jwt_secret", "changeme", "secret"})
 MIN_SECRET_LENGTH = 32
 QUEUE_TYPES = ("classic", "quorum")
-LANE_PROTOCOLS = ("partitions", "per-lane")
 
 
 @dataclass(frozen=True)
@@ -43,8 +42,6 @@ class Settings:
     max_attempts: int = 3
     retry_backoff_seconds: float = 0.5
     lane_depth_limit: int = 1000
-    lane_quantum: int = 4
-    lane_idle_seconds: int = 600
     request_timeout_seconds: float = 60.0
     retry_after_seconds: int = 5
     actions_module: str = ""
@@ -53,16 +50,9 @@ class Settings:
     enable_fail_action: bool = False
 
     worker_slots: int = 4
-    # Lanes one slot holds at once (their requests take turns in the slot; more than
-    # one saves token round trips for cheap handlers, but a slot then runs lanes one
-    # after another that other slots could run beside it), and how long a slot keeps a
-    # lane that ran dry: a request enqueued meanwhile goes straight to it.
-    lanes_per_slot: int = 1
-    lane_linger_seconds: float = 0.5
-    # The lane protocol: "partitions" hashes lanes to LANE_PARTITIONS fixed queues, each
-    # consumed by one worker process (lanes.partitions); "per-lane" gives each lane a
-    # queue of its own (lanes.protocol). docs/design.md compares them.
-    lane_protocol: str = "per-lane"
+    # Lanes are hashed to this many queues (lanes.protocol), each held by one worker
+    # process at a time: the most worker processes that can share the work. Changing it
+    # moves lanes between partitions, so it is set once per deployment (docs/scaling.md).
     lane_partitions: int = 16
     sweep_interval_seconds: float = 30.0
     log_level: str = "INFO"
@@ -127,12 +117,9 @@ class Settings:
             "max_body_bytes",
             "max_attempts",
             "lane_depth_limit",
-            "lane_quantum",
-            "lane_idle_seconds",
             "request_timeout_seconds",
             "retry_after_seconds",
             "worker_slots",
-            "lanes_per_slot",
             "lane_partitions",
             "sweep_interval_seconds",
             "login_max_failures",
@@ -166,8 +153,6 @@ class Settings:
             raise ConfigError("RETENTION_DAYS must be 0 (keep) or at least 1: an Idempotency-Key holds 24 hours")
         if self.enqueue_rate_per_second > 0 and self.enqueue_burst < 1:
             raise ConfigError("ENQUEUE_BURST must be at least 1 while ENQUEUE_RATE_PER_SECOND is on")
-        if self.lane_linger_seconds < 0:
-            raise ConfigError("LANE_LINGER_SECONDS must not be negative")
         if not 0 <= self.auth_cache_seconds <= 60:
             raise ConfigError("AUTH_CACHE_SECONDS must be between 0 and 60")
         if self.jwt_secret:
@@ -182,8 +167,6 @@ class Settings:
             raise ConfigError("RABBITMQ_URL must be an amqp:// URL")
         if not self.queue_prefix.replace("-", "").replace("_", "").isalnum():
             raise ConfigError("QUEUE_PREFIX may hold only letters, digits, '-' and '_'")
-        if self.lane_protocol not in LANE_PROTOCOLS:
-            raise ConfigError(f"LANE_PROTOCOL must be one of {', '.join(LANE_PROTOCOLS)}")
         if self.queue_type not in QUEUE_TYPES:
             raise ConfigError(f"QUEUE_TYPE must be one of {', '.join(QUEUE_TYPES)}")
 

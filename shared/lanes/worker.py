@@ -1,15 +1,15 @@
 """The worker: a process of WORKER_SLOTS slots, each running one request at a time.
 
-A slot takes lanes' wake-up tokens from the shared ready queue, holds up to
-LANES_PER_SLOT lanes (`lanes.protocol.LaneHolder`), runs their requests in order
-(`lanes.lifecycle`), one lane's request after another's, and lets lanes go when they
-run dry or others wait. docs/design.md argues why this keeps every lane FIFO.
+The process's dispatcher (`lanes.protocol.Dispatcher`, in a thread of its own) holds a
+share of the partitions and hands the slots one request of one lane at a time, lanes
+taking turns; a slot runs it to its outcome (`lanes.lifecycle`) and reports back, and
+only then is the message acknowledged and the lane's next request started.
+docs/design.md argues why this keeps every lane FIFO.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import signal
 import threading
 import time
@@ -18,12 +18,10 @@ from dataclasses import dataclass, field
 
 from lanes import metrics
 from lanes.actions import Registry, build_registry
-from lanes.broker import Delivery, QueueNames, Session
 from lanes.db import connect, ensure_indexes
-from lanes.errors import BrokerError, DatabaseError
+from lanes.errors import DatabaseError
 from lanes.lifecycle import RequestRunner, Waiting
-from lanes.partitions import Dispatcher, Settled
-from lanes.protocol import IDLE_CHECK_SECONDS, HandBack, LaneHolder, LaneMessage
+from lanes.protocol import IDLE_SECONDS, Dispatcher, HandBack, LaneMessage, LanesSeen, Settled
 from lanes.requests import Requests
 from lanes.settings import Settings
 from lanes.sweeper import start_sweeper
@@ -38,7 +36,6 @@ class WorkerState:
     settings: Settings
     registry: Registry
     requests: Requests
-    names: QueueNames
     stop: threading.Event = field(default_factory=threading.Event)
     wake_slots: list[Callable[[], None]] = field(default_factory=list)
     busy: int = 0
@@ -48,65 +45,6 @@ class WorkerState:
         with self.lock:
             self.busy += delta
         metrics.slot_busy(delta)
-
-
-class Slot:
-    """One execution slot: its own broker connection and handler thread, one lane at a time."""
-
-    def __init__(self, index: int, state: WorkerState) -> None:
-        self.index = index
-        self.state = state
-
-    def run(self) -> None:
-        failures = 0
-        while not self.state.stop.is_set():
-            try:
-                self._serve()
-                failures = 0
-            except (BrokerError, DatabaseError) as error:
-                failures += 1
-                log.warning("slot %d: %r; reconnecting", self.index, error)
-            except Exception:
-                # A bug must not leave this slot's connection open: that would keep its
-                # lane held and its token unacknowledged for as long as the process lives.
-                failures += 1
-                log.exception("slot %d: unexpected error; reconnecting", self.index)
-            if failures:
-                self.state.stop.wait(min(10.0, 0.25 * 2 ** min(failures, 6)) * random.uniform(0.5, 1.0))
-
-    def _serve(self) -> None:
-        """Take tokens and run held lanes until stopped; leaving by an exception drops the
-        connection, and the broker then requeues the tokens and the lanes' unacknowledged
-        heads, and frees the lanes."""
-        state = self.state
-        session = Session(state.settings, state.names)
-        runner = RequestRunner(
-            state.settings, state.registry, state.requests, state.stop, Waiting(session.wait, session.wake)
-        )
-        holder = LaneHolder(session, state.settings, state.names)
-        try:
-            session.listen_for_tokens(prefetch=state.settings.lanes_per_slot)
-            next_check = IDLE_CHECK_SECONDS  # an idle slot looks up this often, to notice a stop
-            while not state.stop.is_set():
-                session.wait(next_check, lambda: bool(session.tokens or session.lane_deliveries) or state.stop.is_set())
-                while session.tokens:
-                    holder.take(session.tokens.popleft())
-                delivery = holder.next_delivery()
-                if delivery is not None:
-                    self._run(holder, runner, delivery)
-                next_check = holder.let_go_idle()
-            holder.let_go_all()
-            session.stop_listening_for_tokens()
-        finally:
-            session.close()
-            runner.close()
-
-    def _run(self, holder: LaneHolder, runner: RequestRunner, delivery: Delivery) -> None:
-        self.state.slot_busy(+1)
-        try:
-            holder.run(delivery, runner.run)
-        finally:
-            self.state.slot_busy(-1)
 
 
 class SlotWaiting:
@@ -125,9 +63,9 @@ class SlotWaiting:
         self._event.set()
 
 
-class PartitionSlot:
-    """One execution slot of a partitions worker: runs the turns its process's dispatcher
-    hands it, one at a time, and reports each back to be acknowledged."""
+class Slot:
+    """One execution slot: runs the turns its process's dispatcher hands it, one at a time,
+    in a thread of its own, and reports each back to be acknowledged."""
 
     def __init__(self, index: int, state: WorkerState, dispatcher: Dispatcher) -> None:
         self.index = index
@@ -142,7 +80,7 @@ class PartitionSlot:
         )
         try:
             while not state.stop.is_set():
-                turn = self.dispatcher.take_turn(timeout=IDLE_CHECK_SECONDS)
+                turn = self.dispatcher.take_turn(timeout=IDLE_SECONDS)
                 if turn is None:
                     continue
                 state.slot_busy(+1)
@@ -175,6 +113,10 @@ class PartitionSlot:
                 return False
 
 
+def _report_lanes(seen: LanesSeen) -> None:
+    metrics.lanes_seen(seen.lanes_with_work, seen.lanes_waiting, seen.waiting_requests, seen.deepest_lane)
+
+
 def create_worker(settings: Settings) -> tuple[WorkerState, list[Callable[[], None]]]:
     """The worker's shared state and the loops to run in threads; tests use this door too."""
     db = connect(settings)
@@ -186,15 +128,11 @@ def create_worker(settings: Settings) -> tuple[WorkerState, list[Callable[[], No
         settings=settings,
         registry=build_registry(settings),
         requests=Requests(db),
-        names=QueueNames.of(settings),
     )
-    if settings.lane_protocol == "partitions":
-        dispatcher = Dispatcher(settings, state.stop, settings.worker_slots)
-        slots = [PartitionSlot(i, state, dispatcher) for i in range(settings.worker_slots)]
-        state.wake_slots = [slot.waiting.wake for slot in slots]
-        return state, [dispatcher.run] + [slot.run for slot in slots]
-    loops: list[Callable[[], None]] = [Slot(i, state).run for i in range(settings.worker_slots)]
-    return state, loops
+    dispatcher = Dispatcher(settings, state.stop, settings.worker_slots, report_lanes=_report_lanes)
+    slots = [Slot(i, state, dispatcher) for i in range(settings.worker_slots)]
+    state.wake_slots = [slot.waiting.wake for slot in slots]
+    return state, [dispatcher.run] + [slot.run for slot in slots]
 
 
 def run(settings: Settings) -> None:

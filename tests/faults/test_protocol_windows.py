@@ -1,9 +1,11 @@
-"""The crash windows of the first lane protocol, each driven on purpose against v2
-(docs/design.md §4): where v2 removes a window, its scenario still has to hold.
+"""The crash windows of the first lane protocols, each driven on purpose against the
+partitions protocol (docs/design.md §4): where it removes a window, the scenario still
+has to hold.
 
-1. a holder killed mid-request while other slots try the same lane: no reorder;
-2. a lane whose wake-up was lost, with no worker running: the sweeper wakes it;
-3. (tests/faults/test_outages.py) a lane holding requests outlives its idle period;
+1. a holder killed mid-request while other workers take its partitions over: no reorder;
+2. requests in a partition whose enqueue died before the record, with no worker
+   running: the autoscaler starts one and they run;
+3. (tests/faults/test_outages.py) requests queued while no worker runs keep their order;
 4. a user enqueueing without pause gets one turn per round, no spare ones;
 5. a message whose record was never stored still runs, and is readable;
 6. a timed-out attempt never runs beside the next one.
@@ -14,22 +16,24 @@ from __future__ import annotations
 import itertools
 import json
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pika
 import pytest
 
-from lanes.broker import bell_arguments, lane_arguments
-from lanes.protocol import LaneMessage, token_body
+from lanes.broker import QueueNames, partition_arguments
+from lanes.protocol import LaneMessage, partition_of
 from lanes.requests import new_request_id
 from lanes.settings import Settings
 from tests.conftest import ROOT, Workers
 from tests.faults.traffic import Audit
-from tests.support import TERMINAL, Api, wait_until
+from tests.support import TERMINAL, Api, management_api, wait_until
 from tests.support_lanes import ordering_violations, outcome_counts
 from tests.support_stack import Stack, isolated_stack
 
@@ -40,48 +44,43 @@ def _user_id(database: Any, request_id: str) -> str:
     return str(database.requests.find_one({"_id": request_id})["user_id"])
 
 
-class SpareTokens:
-    """Publishes a token for one lane every few milliseconds, as duplicates would arrive."""
-
-    def __init__(self, rabbitmq_url: str, prefix: str, user_id: str) -> None:
-        self._url, self._queue, self._body = rabbitmq_url, f"{prefix}.ready", token_body(user_id)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> SpareTokens:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        connection = pika.BlockingConnection(pika.URLParameters(self._url))
-        channel = connection.channel()
-        while not self._stop.wait(0.02):
-            channel.basic_publish("", self._queue, self._body)
-        connection.close()
+def _holder(env: dict[str, str], partition: str, workers: Workers) -> subprocess.Popen[bytes]:
+    """The worker process that consumes the partition, as the broker last reported it (its
+    connections are named with their process id); the oldest worker if none is reported."""
+    vhost = quote(Settings.from_env(env).rabbitmq_vhost, safe="")
+    consumers = management_api("GET", f"/api/queues/{vhost}/{quote(partition, safe='')}").get("consumer_details") or []
+    # (a consumer the broker has no channel details for yet reports them as an empty list)
+    details = [consumer.get("channel_details") for consumer in consumers]
+    names = {d["connection_name"] for d in details if isinstance(d, dict) and "connection_name" in d}
+    connections = management_api("GET", "/api/connections?columns=name,client_properties")
+    pids = {
+        int(str(c["client_properties"]["connection_name"]).rsplit(" ", 1)[1])
+        for c in connections
+        if c["name"] in names and str(c.get("client_properties", {}).get("connection_name", "")).startswith("lanes pid")
+    }
+    alive = [p for p in workers.processes if p.poll() is None]
+    return next((p for p in alive if p.pid in pids), alive[0])
 
 
 def _kill_holders_repeatedly(user: Api, workers: Workers, database: Any, env: dict[str, str], name: str) -> Audit:
-    # Given one lane of short requests, two worker processes of two slots each, and a
-    # stream of spare tokens, so that other slots keep trying to take the lane
+    # Given one lane of short requests and two worker processes of two slots each, so that
+    # every kill hands the lane's partition to the survivor and the newcomer takes a share
     ids = [user.enqueue("sleep", {"ms": 120}) for _ in range(KILLS + 10)]
+    settings = Settings.from_env(env)
+    partition = QueueNames.of(settings).partition(partition_of(_user_id(database, ids[0]), settings.lane_partitions))
     # Attempts enough that no request fails for being killed three times in a row (a
     # loaded machine starts workers slowly, and the oldest is the next one killed): this
     # scenario is about order; a request that kills every worker is test_worker_crash's.
     patient = {"WORKER_SLOTS": "2", "MAX_ATTEMPTS": str(KILLS)}
     workers.start(2, **patient)
-    with SpareTokens(env["RABBITMQ_URL"], env.get("QUEUE_PREFIX", "lanes"), _user_id(database, ids[0])):
-        # When a worker is SIGKILLed 50 times, mid-request more often than not, and replaced
-        for _ in range(KILLS):
-            time.sleep(0.3)
-            victim = next(p for p in workers.processes if p.poll() is None)
-            victim.send_signal(signal.SIGKILL)
-            victim.wait()
-            workers.start(1, **patient)
-        records = user.wait_terminal(ids, timeout=180)
+    # When the lane's holder is SIGKILLed 50 times, mid-request more often than not, and replaced
+    for _ in range(KILLS):
+        time.sleep(0.3)
+        victim = _holder(env, partition, workers)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        workers.start(1, **patient)
+    records = user.wait_terminal(ids, timeout=180)
     # Then every request ended once, and none started before the one sent before it ended
     assert [r["status"] for r in records] == ["done"] * len(ids)
     assert sum(r["attempts"] for r in records) > len(ids), "no kill hit a running request"
@@ -131,7 +130,7 @@ def test_window1_killing_the_holder_never_reorders_a_quorum_lane(
 
 @pytest.fixture(scope="module")
 def scaled_stack(running_services: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Autoscaled from zero, sweeping every second."""
+    """Autoscaled from zero, with a short idle period."""
     with isolated_stack(
         tmp_path_factory.mktemp("windows-scaled"),
         ["--workers", "auto", "--idle-seconds", "3"],
@@ -141,39 +140,34 @@ def scaled_stack(running_services: None, tmp_path_factory: pytest.TempPathFactor
         yield stack
 
 
-def _strand(stack: Stack, user_id: str, ring: bool) -> str:
-    """What an enqueue that died after its publish leaves: the message in the lane, no token,
-    no record; with `ring`, also a rung bell (it died between the ring and the token)."""
+def _strand(stack: Stack, user_id: str) -> str:
+    """What an enqueue that died after its publish leaves: the message in the lane's
+    partition, no record, nothing else."""
     settings = Settings.from_env(stack.env)
     message = LaneMessage(new_request_id(), user_id, "echo", json.dumps({"stranded": True}))
+    partition = QueueNames.of(settings).partition(partition_of(user_id, settings.lane_partitions))
     connection = pika.BlockingConnection(pika.URLParameters(stack.env["RABBITMQ_URL"]))
     channel = connection.channel()
     channel.confirm_delivery()
-    channel.queue_declare(f"lanes.lane.{user_id}", durable=True, arguments=lane_arguments(settings))
-    channel.basic_publish("", f"lanes.lane.{user_id}", message.body(), pika.BasicProperties(delivery_mode=2))
-    if ring:
-        channel.queue_declare(f"lanes.bell.{user_id}", durable=True, arguments=bell_arguments(settings))
-        channel.basic_publish("", f"lanes.bell.{user_id}", b"")
+    channel.queue_declare(partition, durable=True, arguments=partition_arguments(settings))
+    channel.basic_publish("", partition, message.body(), pika.BasicProperties(delivery_mode=2))
     connection.close()
     return message.request_id
 
 
-def test_window2_and_5_a_lost_wake_up_with_no_worker_is_repaired_and_a_missing_record_runs(
-    scaled_stack: Stack,
-) -> None:
-    # Given no worker, and two lanes whose enqueue died after publishing, before any
-    # record: one before ringing, one between ringing and sending the token
+def test_window2_and_5_work_with_no_worker_and_no_record_runs(scaled_stack: Stack) -> None:
+    # Given no worker, and two lanes whose enqueue died after publishing, before any record
     users = [scaled_stack.api.new_user(f"stranded{i}") for i in range(2)]
     user_ids = [_owner(scaled_stack, user) for user in users]
     wait_until(lambda: scaled_stack.worker_pids() == [], timeout=60, what="no worker")
-    stranded = [_strand(scaled_stack, user_id, ring=bool(i)) for i, user_id in enumerate(user_ids)]
+    stranded = [_strand(scaled_stack, user_id) for user_id in user_ids]
     started = time.monotonic()
-    # When the sweeper (in the status function) sees them stall, and the autoscaler follows
+    # When the autoscaler sees the work (nothing has to be woken: it is in a partition)
     records = [
         wait_until(lambda u=user, i=request_id: _finished(u, i), timeout=60, what="the stranded request")
         for user, request_id in zip(users, stranded, strict=True)
     ]
-    # Then both run, within a few sweep intervals, and are readable by their owners
+    # Then both run, promptly, and are readable by their owners
     assert [r["status"] for r in records] == ["done", "done"]
     assert [r["result"] for r in records] == [{"stranded": True}] * 2
     assert time.monotonic() - started < 30
@@ -201,7 +195,7 @@ def test_window4_a_user_enqueueing_without_pause_gets_one_turn_per_round(api: Ap
     # with a backlog who keeps enqueueing while thirty light users send one request each
     heavy = api.new_user("heavy")
     heavy_ids = [heavy.enqueue("sleep", {"ms": 20}) for _ in range(20)]
-    workers.start(1, WORKER_SLOTS="1", LANES_PER_SLOT="1", LANE_QUANTUM="1")
+    workers.start(1, WORKER_SLOTS="1")
     wait_until(lambda: heavy.request(heavy_ids[0])["status"] != "queued", timeout=30, what="the heavy lane")
     stop = threading.Event()
 

@@ -1,4 +1,4 @@
-"""Quorum-queue lanes keep the per-user FIFO that docs/design.md 4.3 argues for classic ones."""
+"""Quorum-queue partitions keep the per-user FIFO that docs/design.md §4 argues for classic ones."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pika
 import pytest
 
 from deploy import services
-from lanes.broker import lane_arguments
+from lanes.broker import partition_arguments
 from lanes.settings import Settings
 from tests.conftest import Workers
 from tests.support import management_api, open_vhost, wait_until
@@ -35,57 +35,58 @@ def _channel(vhost: str) -> tuple[pika.BlockingConnection, Any]:
 
 
 def _hold(channel: Any, exclusive: bool) -> list[tuple[int, bytes]]:
-    """Consume the lane as a holder does (one unacknowledged message); deliveries land in the list."""
+    """Consume the partition as a worker does (no prefetch limit); deliveries land in the list."""
     deliveries: list[tuple[int, bytes]] = []
-    channel.basic_qos(prefetch_count=1)
+    channel.basic_qos(prefetch_count=0)
     channel.basic_consume(
-        "lane", lambda _c, method, _p, body: deliveries.append((method.delivery_tag, body)), exclusive=exclusive
+        "partition", lambda _c, method, _p, body: deliveries.append((method.delivery_tag, body)), exclusive=exclusive
     )
     return deliveries
 
 
-def _next(connection: pika.BlockingConnection, deliveries: list[tuple[int, bytes]]) -> tuple[int, bytes]:
-    wait_until(lambda: connection.process_data_events(0.1) or deliveries, timeout=10, what="a delivery")
-    return deliveries.pop(0)
+def _take(connection: pika.BlockingConnection, deliveries: list[tuple[int, bytes]], count: int) -> list[bytes]:
+    wait_until(lambda: connection.process_data_events(0.1) or len(deliveries) >= count, timeout=10, what="deliveries")
+    return [body for _tag, body in deliveries[:count]]
 
 
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
-def test_a_requeued_or_abandoned_head_comes_back_first(vhost: str, queue_type: str) -> None:
-    # Given a lane declared as Lanes declares it, holding A, B, C, and a holder consuming it
-    arguments = lane_arguments(Settings.from_env({"QUEUE_TYPE": queue_type}))
+def test_what_a_dead_holder_left_unacknowledged_comes_back_first_and_in_order(vhost: str, queue_type: str) -> None:
+    # Given a partition declared as Lanes declares it, holding lane a's a1, a2 and lane
+    # b's b1 between them, and a holder that has them all
+    arguments = partition_arguments(Settings.from_env({"QUEUE_TYPE": queue_type}))
     exclusive = queue_type == "classic"
     connection, channel = _channel(vhost)
-    channel.queue_declare("lane", durable=True, arguments=arguments)
-    for body in (b"A", b"B", b"C"):
-        channel.basic_publish("", "lane", body, mandatory=True)
+    channel.queue_declare("partition", durable=True, arguments=arguments)
+    for body in (b"a1", b"b1", b"a2"):
+        channel.basic_publish("", "partition", body, mandatory=True)
     deliveries = _hold(channel, exclusive)
+    assert _take(connection, deliveries, 3) == [b"a1", b"b1", b"a2"]
 
-    # When the holder nacks the head back (what the worker does on a database error)
-    tag, body = _next(connection, deliveries)
-    assert body == b"A"
-    channel.basic_nack(tag, requeue=True)
-    # Then A is still the head
-    _, body = _next(connection, deliveries)
-    assert body == b"A"
+    # When lane b's request settles (acknowledged out of the partition's order)
+    channel.basic_ack(deliveries[1][0])
 
-    # And while the holder lives nobody else gets the lane: on a classic lane a second
-    # exclusive consumer is refused; on a quorum lane (single active consumer) it is
-    # accepted but receives nothing
+    # Then while the holder lives nobody else gets the partition: a second exclusive
+    # consumer of a classic queue is refused; a quorum queue does not enforce exclusive
+    # consumers, which is why a worker joins one only when it has no consumer at all
     other_connection, other_channel = _channel(vhost)
+    declared = other_channel.queue_declare("partition", passive=True).method
+    assert declared.consumer_count == 1
     if exclusive:
         with pytest.raises(pika.exceptions.ChannelClosedByBroker):
             _hold(other_channel, exclusive)
-    else:
-        standby = _hold(other_channel, exclusive)
-        other_connection.process_data_events(0.5)
-        assert standby == [], "a second consumer of a quorum lane must stay inactive"
     other_connection.close()
 
-    # And when the holder dies with A unacknowledged, the next holder sees A first
+    # And when the holder dies with a1 and a2 unacknowledged and a3 arrives meanwhile,
+    # the next holder sees a1, a2, a3, in that order
     connection.close()
     connection, channel = _channel(vhost)
-    _, body = _next(connection, _hold(channel, exclusive))
-    assert body == b"A"
+    channel.basic_publish("", "partition", b"a3", mandatory=True)
+    wait_until(
+        lambda: channel.queue_declare("partition", passive=True).method.consumer_count == 0,
+        timeout=10,
+        what="the dead holder's consumer to go",
+    )
+    assert _take(connection, _hold(channel, exclusive), 3) == [b"a1", b"a2", b"a3"]
     connection.close()
 
 
@@ -101,8 +102,8 @@ def test_quorum_lanes_run_in_order_and_survive_a_killed_worker(quorum_stack: Sta
         # Given a quorum lane whose head is running on the only worker
         user = quorum_stack.api.new_user("quorum")
         ids = [user.enqueue("sleep", {"ms": 2000})] + [user.enqueue("echo", {"n": n}) for n in range(3)]
-        types = {q["name"]: q.get("type") for q in quorum_stack.queues()}
-        assert "quorum" == types["lanes.ready"] == next(t for n, t in types.items() if n.startswith("lanes.lane."))
+        types = {q["name"]: q.get("type") for q in quorum_stack.queues() if q["name"].startswith("lanes.partition.")}
+        assert set(types.values()) == {"quorum"} and len(types) == Settings().lane_partitions
         (victim,) = workers.start(1, WORKER_SLOTS="1")
         wait_until(lambda: user.request(ids[0])["status"] == "processing", timeout=30, what="the head to start")
 

@@ -18,6 +18,7 @@ from deploy.template import ROOT
 from lanes.broker import QueueNames
 from lanes.db import connect
 from lanes.passwords import PasswordHasher
+from lanes.protocol import partition_of
 from lanes.settings import Settings
 from lanes.tokens import TokenService, ensure_local_keys
 from lanes.users import Users
@@ -55,6 +56,8 @@ def settings(lanes_env: dict[str, str]) -> Settings:
         "JWT_PRIVATE_KEY_FILE": str(private),
         "JWT_PUBLIC_KEY_FILE": str(public),
         "AUTH_CACHE_SECONDS": "60",
+        # Partitions of its own, which no worker of the suite's stack consumes.
+        "QUEUE_PREFIX": f"rate-limits-{uuid.uuid4().hex[:8]}",
         "ENQUEUE_RATE_PER_SECOND": "0.2",
         "ENQUEUE_BURST": "3",
         "REGISTER_PER_MINUTE": "3",
@@ -110,15 +113,17 @@ def test_enqueue_over_a_users_rate_gets_429_and_costs_no_round_trip(enqueue: Fla
     assert commands == []  # not even the authentication (cached) asked the database
     assert _enqueue(enqueue, light).status_code == 202  # the others keep their own rate
 
-    # Nothing was published for the refused call: the lane holds the three accepted ones.
-    lane = QueueNames.of(settings).lane(heavy_id)
+    # Nothing was published for the refused call: the lane's partition holds the four accepted.
+    partition = QueueNames.of(settings).partition(partition_of(heavy_id, settings.lane_partitions))
     vhost = settings.rabbitmq_vhost
 
     def depth() -> int:
-        return int(management_api("GET", f"/api/queues/{vhost}/{lane}").get("messages", -1))
+        return int(management_api("GET", f"/api/queues/{vhost}/{partition}").get("messages", -1))
 
-    wait_until(lambda: depth() == 3, timeout=15, what="the lane's depth to show")
-    assert depth() == 3
+    shared = partition_of(_light_id, settings.lane_partitions) == partition_of(heavy_id, settings.lane_partitions)
+    expected = 3 + shared
+    wait_until(lambda: depth() == expected, timeout=15, what="the partition's depth to show")
+    assert depth() == expected
 
 
 def test_register_answers_a_taken_name_before_hashing(register: FlaskClient) -> None:

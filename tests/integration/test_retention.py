@@ -18,7 +18,6 @@ from lanes.db import connect, ensure_indexes, now
 from lanes.requests import Outcome, Requests, body_fingerprint, new_request_id
 from lanes.retention import Reaper
 from lanes.settings import Settings
-from lanes.sweeper import Sweeper
 from tests.conftest import running_stack
 from tests.support import Api, free_port_block, management_api, open_vhost, wait_until
 
@@ -213,18 +212,17 @@ def _terminal_records(db: Any, count: int) -> None:
         )
 
 
-def test_a_sweep_reads_the_same_with_0_and_20000_terminal_records(
+def test_a_retention_pass_reads_the_same_with_0_and_20000_terminal_records(
     private_database: str, lanes_env: dict[str, str]
 ) -> None:
     settings = Settings(mongo_uri=private_database + "lanes_sweep_cost", rabbitmq_url=lanes_env["RABBITMQ_URL"])
     db = connect(settings)
     ensure_indexes(db)
-    sweeper, reaper = Sweeper(settings), Reaper(db, settings)
+    reaper = Reaper(db, settings)
 
     def one_pass() -> dict[str, int]:
-        """What run_sweeper does once it leads: a sweep, then a retention pass."""
+        """What run_sweeper does once it leads."""
         before = _work_commands(db.client)
-        sweeper.sweep()
         reaper.reap()
         after = _work_commands(db.client)
         return {name: total - before.get(name, 0) for name, total in after.items() if total != before.get(name, 0)}

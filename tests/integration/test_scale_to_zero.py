@@ -1,4 +1,4 @@
-"""The local runner scales the worker 0 -> N -> 0 on lane backlog, and idle lanes leave the broker."""
+"""The local runner scales the worker 0 -> N -> 0 on lane backlog, and users leave no queue behind."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from tests.support import Api, wait_until
 from tests.support_stack import Stack, isolated_stack
 
 IDLE_SECONDS = 3  # the worker's scale-down idle period in this stack
-LANE_IDLE_SECONDS = 4  # lane queues' x-expires in this stack
 # Locally the target is ~2 s; the bound leaves room for a loaded 2-core CI machine.
 COLD_START_BOUND = 6.0
 # Idle period + the management API's stats interval (5 s) + a graceful exit + slack.
@@ -25,7 +24,6 @@ def stack(running_services: None, tmp_path_factory: pytest.TempPathFactory) -> I
     with isolated_stack(
         tmp_path_factory.mktemp("scale"),
         ["--workers", "auto", "--idle-seconds", str(IDLE_SECONDS)],
-        LANE_IDLE_SECONDS=str(LANE_IDLE_SECONDS),
         WORKER_SLOTS="2",
     ) as running:
         yield running
@@ -62,9 +60,7 @@ def test_no_worker_runs_without_work_and_one_starts_promptly_on_new_work(stack: 
 
 
 def test_workers_grow_with_busy_lanes_but_never_past_them_or_max(stack: Stack) -> None:
-    # Given three users, each with one slow request (2 slots per worker). One request
-    # per lane: a second one enqueued while its lane runs may add a duplicate token
-    # (harmless, docs/design.md 4.3), which the autoscaler would count as a lane.
+    # Given three users, each with one slow request (2 slots per worker)
     users = [stack.api.new_user(f"busy{i}") for i in range(3)]
     seen: list[int] = []
 
@@ -94,30 +90,28 @@ def test_many_busy_lanes_grow_the_workers_to_the_templates_max(stack: Stack) -> 
         user.wait_terminal(ids, timeout=60)
 
 
-def test_after_everyone_finished_no_lane_queue_and_no_open_request_remain(stack: Stack) -> None:
+def test_after_everyone_finished_no_per_user_queue_and_no_open_request_remain(stack: Stack) -> None:
     # Given users who enqueued, some with several requests
     users = [stack.api.new_user(f"gone{i}") for i in range(4)]
     lanes = [[user.enqueue("echo", {"n": n}) for n in range(i + 1)] for i, user in enumerate(users)]
     for user, ids in zip(users, lanes, strict=True):
         user.wait_terminal(ids, timeout=60)
-    lane_prefix = f"{stack.env.get('QUEUE_PREFIX', 'lanes')}.lane."
-    assert any(q["name"].startswith(lane_prefix) for q in stack.queues()), "the lanes should exist right after use"
+    prefix = stack.env.get("QUEUE_PREFIX", "lanes")
+    partitions = {f"{prefix}.partition.{k}" for k in range(16)}
+    # The shared queues: the partitions, the workers' roster and state signals, the
+    # sweeper's election, and each enqueue process's private settled feed (named by the
+    # broker, gone with it).
+    workers = {f"{prefix}.workers", f"{prefix}.workers.busy", f"{prefix}.workers.waiting"}
+    shared = partitions | workers | {f"{prefix}.sweeper"}
 
-    # When they are gone for longer than the lane idle period
-    def per_user_queues() -> list[str]:
-        return [q["name"] for q in stack.queues() if q["name"].startswith((lane_prefix, lane_prefix[:-5] + "bell."))]
-
-    wait_until(lambda: per_user_queues() == [], timeout=LANE_IDLE_SECONDS + 20, what="the lane queues to expire")
-
-    # Then the broker holds only the shared queues (ready; sweeper, the sweeper's election),
-    # empty (their stats lag by up to 5 s), and no request is left open
-    shared = {lane_prefix[:-5] + "ready", lane_prefix[:-5] + "sweeper"}
-
+    # Then the broker holds no queue of a user, the partitions are empty (their stats lag
+    # by up to 5 s), and no request is left open
     def only_shared_and_empty() -> bool:
         queues = {q["name"]: q.get("messages", 0) for q in stack.queues()}
-        return set(queues) <= shared and lane_prefix[:-5] + "ready" in queues and not any(queues.values())
+        own = {name for name in queues if not name.startswith("amq.gen-")}
+        return own <= shared and partitions <= own and not any(queues.values())
 
-    wait_until(only_shared_and_empty, timeout=10, what="only the shared queues, empty")
+    wait_until(only_shared_and_empty, timeout=15, what="only the shared queues, empty")
     # A request is open until its outcome is recorded.
     finished = {o["_id"] for o in stack.database.outcomes.find({}, {"_id": 1})}
     assert [r["_id"] for r in stack.database.requests.find({}, {"_id": 1}) if r["_id"] not in finished] == []

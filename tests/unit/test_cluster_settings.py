@@ -5,23 +5,23 @@ from pathlib import Path
 import pymongo.uri_parser
 import pytest
 
-from lanes.broker import QUORUM_DELIVERY_LIMIT, QueueNames, lane_arguments
+from lanes.broker import QUORUM_DELIVERY_LIMIT, QueueNames, partition_arguments
 from lanes.errors import ConfigError
 from lanes.settings import Settings, load_settings
 
 
-def test_lanes_are_classic_queues_by_default() -> None:
-    arguments = lane_arguments(Settings.from_env({}))
-    assert arguments["x-queue-type"] == "classic"
-    assert "x-delivery-limit" not in arguments
+def test_partitions_are_classic_queues_by_default_and_never_expire() -> None:
+    arguments = partition_arguments(Settings.from_env({}))
+    assert arguments == {"x-queue-type": "classic"}
 
 
-def test_quorum_lanes_carry_a_delivery_limit_so_requeues_return_to_the_head() -> None:
-    settings = Settings.from_env({"QUEUE_TYPE": "quorum", "LANE_IDLE_SECONDS": "30"})
-    arguments = lane_arguments(settings)
+def test_quorum_partitions_carry_a_delivery_limit_so_returned_messages_come_back_first() -> None:
+    settings = Settings.from_env({"QUEUE_TYPE": "quorum"})
+    arguments = partition_arguments(settings)
     assert arguments["x-queue-type"] == "quorum"
     assert arguments["x-delivery-limit"] == QUORUM_DELIVERY_LIMIT
-    assert arguments["x-expires"] == 30_000
+    assert arguments["x-single-active-consumer"] is True
+    assert "x-expires" not in arguments and "x-max-length" not in arguments
     assert QueueNames.of(settings) == QueueNames("lanes", "quorum")
 
 

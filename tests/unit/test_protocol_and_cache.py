@@ -1,4 +1,4 @@
-"""Pure pieces of lane protocol v2: the message format, verified tokens, the write concern."""
+"""Pure pieces of the lane protocol: the message format, verified tokens, the write concern."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from lanes.db import connect
 from lanes.errors import AuthError
-from lanes.protocol import LaneMessage, token_body, token_owner
+from lanes.protocol import LaneMessage
 from lanes.settings import Settings
 from lanes.tokens import TokenService
 
@@ -25,12 +25,6 @@ def test_a_lane_message_carries_the_whole_request_and_round_trips() -> None:
 def test_a_malformed_lane_message_is_a_value_error(body: bytes) -> None:
     with pytest.raises(ValueError):
         LaneMessage.parse(body)
-
-
-def test_a_token_names_its_lane_and_a_bad_one_is_a_value_error() -> None:
-    assert token_owner(token_body("u9")) == "u9"
-    with pytest.raises(ValueError):
-        token_owner(b'{"user": "u9"}')
 
 
 def test_a_verified_token_is_not_checked_again_until_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:

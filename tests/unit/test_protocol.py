@@ -1,12 +1,11 @@
-"""Pure pieces of the partitions protocol: the per-lane scheduler and the enqueue ledger."""
+"""Pure pieces of the lane protocol: the per-lane scheduler and the enqueue ledger."""
 
 from __future__ import annotations
 
 import pytest
 
 from lanes.broker import PartitionDelivery
-from lanes.partitions import LaneLedger, LaneScheduler, Turn, partition_of
-from lanes.protocol import LaneFull, LaneMessage
+from lanes.protocol import LaneFull, LaneLedger, LaneMessage, LaneScheduler, Turn, partition_of
 
 
 def turn(lane: str, request: str, partition: int = 0, generation: int = 1) -> Turn:

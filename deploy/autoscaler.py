@@ -1,31 +1,53 @@
-"""Scale the worker 0..N on the ready queue, locally, the way KEDA does in a cluster.
+"""Scale the worker 0..N on the lane partitions, locally, the way KEDA does in a cluster.
 
-Every lane with work has one wake-up token in `<prefix>.ready`: *ready* while the
-lane waits for a slot, *unacknowledged* while a slot runs it. So ready +
-unacknowledged is the number of busy lanes, and ceil(busy lanes / slots per worker)
-workers are all that can be useful. Workers start as soon as a token appears and
-stop (SIGTERM: each finishes or hands back its lane) once fewer would do for a
-whole idle period; with every lane empty that is zero workers.
+Every request waits in one of LANE_PARTITIONS queues, `<prefix>.partition.<k>` with
+k = crc32(user) % LANE_PARTITIONS. A worker process holds a fair share of the
+partitions and takes every message of a partition it holds at once (no prefetch
+limit). So in the broker a partition's *ready* messages are work no worker holds
+(with no worker running, all of it) and its *unacknowledged* ones are work a worker
+holds, waiting in its scheduler or running in a slot. Which lanes have work is not
+visible there, only how many messages each partition holds.
 
-Two readings of the queue, because neither alone is enough:
-* a passive declare over AMQP answers at once with the ready count (and the number
-  of consumers, one per slot). It makes the cold start fast: the first token
-  starts a worker within one polling interval.
-* the management API adds the unacknowledged count, i.e. lanes being run. The
-  broker refreshes it every few seconds (collect_statistics_interval, 5 s by
-  default), which delays scaling down by that much. Growth does not wait for it:
-  a token still waiting at the next poll means every slot (consumer) is busy.
-Tokens can be duplicated (an enqueue into a lane that is being run may add one;
-docs/design.md 4.3), so the count is an upper bound: a duplicate waiting behind
-busy slots can start a worker too many, which the idle period takes away again.
-Without the management API the autoscaler guesses that a waiting token means every
-consumer is busy; a token that is only in flight to an idle slot can then make it
-start a worker too many, and the idle period takes it away again.
+Workers that can be useful = min(ceil(messages / slots per worker), partitions with
+messages), within [min, max]: a lane lives in one partition and a partition in one
+worker, so a worker can only help with a partition that holds work, and one deep lane
+needs one worker however many requests it queues. Workers start as soon as that is
+more than run, and stop (SIGTERM: each finishes what its slots run, and the broker
+puts the rest back at the head of its partitions) once fewer would do for a whole
+idle period; with every partition empty that is zero workers.
+
+Counted from exact numbers, that is never fewer workers than can be useful, and it is
+more in two ways, both bounded by the partitions with messages and by `max`:
+* messages are at least the busy lanes, and more when lanes are deep: two users with
+  forty requests each, in two partitions, start two workers where one worker's slots
+  could run both lanes.
+* where the partitions go is not the autoscaler's choice: each worker holds
+  ceil(partitions / workers) of them whatever they hold, so both busy partitions may
+  land on one worker while the other has nothing to run (and lanes wait for the first
+  one's slots: a limit of the fair share, which no count removes).
+The idle period takes the surplus away once the messages shrink.
+
+Two readings, because neither alone is enough:
+* a passive declare of each partition over AMQP answers at once with its ready count
+  (404: not declared yet, so empty). It makes the cold start fast: with no worker
+  every message is ready, and the first one starts a worker within one polling
+  interval.
+* the management API, once a second, adds the messages that workers hold. The broker
+  refreshes those counts every few seconds (collect_statistics_interval, 5 s by
+  default): growth past the running workers waits that long for work that arrives in
+  held partitions, and scaling down waits that long after the work is done. Per
+  partition the larger of the fresh ready count and the lagging total counts, so
+  messages handed from one worker to the next (unacknowledged, ready, unacknowledged
+  again) count once.
+Without the management API the messages that workers hold cannot be seen: the
+autoscaler still starts workers on ready messages but stops none, rather than stop
+one in the middle of a backlog.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import logging
 import math
@@ -39,14 +61,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pika
-import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel
 
-from lanes.broker import NOT_FOUND, QueueNames, open_connection
+from deploy.template import partition_queue_pattern
+from lanes.broker import Channel, QueueMissing, QueueNames, open_connection
 from lanes.errors import BrokerError
 from lanes.settings import Settings
 
 log = logging.getLogger("lanes.autoscaler")
+
+# After a worker starts, the partitions are shared anew at the workers' next balance
+# (lanes.protocol.BALANCE_SECONDS) and the waiting signal follows a balance later: lanes
+# still shown waiting before then say nothing about whether one more worker helped.
+GROWTH_SETTLE_SECONDS = 2.5
+
+# The management API's largest page; a deployment has far fewer partitions.
+MANAGEMENT_PAGE_SIZE = 500
 
 
 @dataclass(frozen=True)
@@ -55,54 +84,84 @@ class Policy:
 
     min_workers: int
     max_workers: int
-    lanes_per_worker: int
+    lanes_per_worker: int  # WORKER_SLOTS: a slot runs one lane at a time
     idle_seconds: float
     shutdown_seconds: float = 90.0
     interval: float = 0.25
 
-    def desired(self, busy_lanes: int) -> int:
-        """Workers that can be useful for this many busy lanes, within [min, max]."""
-        wanted = math.ceil(busy_lanes / self.lanes_per_worker)
+    def desired(self, messages: int, busy_partitions: int) -> int:
+        """Workers that can be useful for this many messages spread over this many
+        partitions, within [min, max]."""
+        wanted = min(math.ceil(messages / self.lanes_per_worker), busy_partitions)
         return max(self.min_workers, min(self.max_workers, wanted))
 
 
 @dataclass(frozen=True)
 class Reading:
-    ready: int
-    consumers: int
-    unacked: int | None  # None: the management API did not answer
+    """Per partition, by index: its ready messages (fresh, over AMQP) and all its
+    messages (management API, seconds old; None: the API did not answer)."""
 
-    def busy_lanes(self, saturated: bool = False) -> int:
-        """Waiting plus running lanes; `saturated`: tokens have waited across two
-        readings, so every consumer (one per slot) must be holding a lane."""
-        running = self.unacked or 0
-        if saturated or (self.unacked is None and self.ready):
-            # The management API's count lags by seconds; a token still waiting after a
-            # poll means no slot is idle, which is known now.
-            running = max(running, self.consumers)
-        return self.ready + running
+    ready: tuple[int, ...]
+    messages: tuple[int, ...] | None
+    # Worker processes, over AMQP (fresh): on the roster, holding work, with lanes waiting
+    # for a slot (lanes.broker.PartitionSession.show).
+    joined: int = 0
+    busy: int = 0
+    waiting: int = 0
+
+    @property
+    def work(self) -> tuple[int, ...]:
+        counted = self.messages if self.messages is not None else (0,) * len(self.ready)
+        return tuple(max(ready, total) for ready, total in zip(self.ready, counted, strict=True))
+
+    @property
+    def total(self) -> int:
+        return sum(self.work)
+
+    @property
+    def busy_partitions(self) -> int:
+        return sum(1 for count in self.work if count)
 
 
-class ReadyQueue:
-    """Reads the ready queue's counts over AMQP and the management API."""
+class PartitionQueues:
+    """Reads the partitions' counts over AMQP and the management API."""
 
     def __init__(self, settings: Settings, management_url: str, management_every: float = 1.0) -> None:
         self._settings = settings
-        self._name = QueueNames.of(settings).ready
+        names = QueueNames.of(settings)
+        self._names = [names.partition(index) for index in range(settings.lane_partitions)]
+        self._signals = (names.workers, names.busy_workers, names.waiting_workers)
+        self._pattern = partition_queue_pattern(settings.queue_prefix)
         self._management_url = management_url
         self._management_every = management_every
         self._connection: pika.BlockingConnection | None = None
-        self._channel: BlockingChannel | None = None
-        self._unacked: int | None = None
-        self._unacked_at = 0.0
+        self._channel: Channel | None = None
+        self._declared: set[int] = set()
+        self._probe_from = 0
+        self._messages: tuple[int, ...] | None = None
+        self._messages_at = float("-inf")
 
     def read(self) -> Reading:
         """The current counts; BrokerError when RabbitMQ cannot be asked."""
-        ready, consumers = self._declare_passively()
-        if time.monotonic() - self._unacked_at >= self._management_every:
-            self._unacked = self._management_unacked()
-            self._unacked_at = time.monotonic()
-        return Reading(ready=ready, consumers=consumers, unacked=self._unacked)
+        ready = self._ready_counts()
+        joined, busy, waiting = self._worker_counts()
+        if time.monotonic() - self._messages_at >= self._management_every:
+            self._messages = self._management_counts()
+            self._messages_at = time.monotonic()
+        return Reading(ready=ready, messages=self._messages, joined=joined, busy=busy, waiting=waiting)
+
+    def _worker_counts(self) -> tuple[int, int, int]:
+        assert self._channel is not None  # _ready_counts opened it
+        counts = []
+        for name in self._signals:
+            try:
+                counts.append(self._channel.counts(name).consumers)
+            except QueueMissing:
+                counts.append(0)  # no worker has run yet
+            except BrokerError:
+                self.close()
+                raise
+        return counts[0], counts[1], counts[2]
 
     def close(self) -> None:
         if self._connection is not None and self._connection.is_open:
@@ -111,39 +170,71 @@ class ReadyQueue:
             except Exception:  # noqa: BLE001 - a broken connection may fail to close
                 pass
         self._connection = None
+        self._channel = None
 
-    def _declare_passively(self) -> tuple[int, int]:
+    def _ready_counts(self) -> tuple[int, ...]:
         try:
-            if self._connection is None or not self._connection.is_open:
+            if self._connection is None or not self._connection.is_open or self._channel is None:
                 self._connection = open_connection(self._settings)
-                self._channel = None
-            if self._channel is None or not self._channel.is_open:
-                self._channel = self._connection.channel()
-            ok = self._channel.queue_declare(self._name, passive=True).method
-            return int(ok.message_count), int(ok.consumer_count)
-        except pika.exceptions.ChannelClosedByBroker as error:
-            self._channel = None
-            if error.reply_code == NOT_FOUND:
-                return 0, 0  # not declared yet: the first enqueue declares it
-            raise BrokerError(f"RabbitMQ refused: {error!r}") from None
-        except (pika.exceptions.AMQPError, OSError) as error:
+                self._channel = Channel(self._connection)
+            channel = self._channel
+            ready = [0] * len(self._names)
+            # A 404 costs a channel and a line in the broker's log, so a reading stops at its
+            # first undeclared partition, and the next starts after it. A partition never
+            # expires, and the first enqueue declares them all before it publishes.
+            count = len(self._names)
+            undeclared = sorted(set(range(count)) - self._declared, key=lambda i: (i - self._probe_from) % count)
+            for index in sorted(self._declared) + undeclared:
+                try:
+                    ready[index] = channel.counts(self._names[index]).ready
+                except QueueMissing:
+                    self._declared.discard(index)
+                    self._probe_from = index + 1
+                    if index in undeclared:
+                        break
+                else:
+                    self._declared.add(index)
+            return tuple(ready)
+        except BrokerError:
             self.close()
-            raise BrokerError(f"RabbitMQ failed: {error!r}") from None
+            raise
 
-    def _management_unacked(self) -> int | None:
-        url = urllib.parse.urlsplit(self._settings.rabbitmq_url)
-        vhost = urllib.parse.unquote(url.path[1:]) if len(url.path) > 1 else "/"
-        path = f"/api/queues/{urllib.parse.quote(vhost, safe='')}/{urllib.parse.quote(self._name, safe='')}"
-        request = urllib.request.Request(self._management_url.rstrip("/") + path)
-        user = urllib.parse.unquote(url.username or "guest")
-        password = urllib.parse.unquote(url.password or "guest")
+    def _management_counts(self) -> tuple[int, ...] | None:
+        """Every partition's messages in one call; None when the API does not answer."""
+        api = urllib.parse.urlsplit(self._management_url)
+        amqp = urllib.parse.urlsplit(self._settings.rabbitmq_url)
+        # The name filter applies only to a paged listing; without `page` every queue comes back.
+        query = urllib.parse.urlencode(
+            {
+                "page": 1,
+                "page_size": MANAGEMENT_PAGE_SIZE,
+                "name": self._pattern,
+                "use_regex": "true",
+                "columns": "name,messages",
+            }
+        )
+        vhost = urllib.parse.quote(self._settings.rabbitmq_vhost, safe="")
+        base = api._replace(netloc=api.netloc.rpartition("@")[2], query="", fragment="").geturl().rstrip("/")
+        request = urllib.request.Request(f"{base}/api/queues/{vhost}?{query}")
+        user = urllib.parse.unquote(api.username or amqp.username or "guest")
+        password = urllib.parse.unquote(api.password or amqp.password or "guest")
         request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
         try:
             with urllib.request.urlopen(request, timeout=2) as response:
-                queue = json.load(response)
-        except (OSError, ValueError):
-            return None  # 404 before the queue exists, or no management plugin
-        return int(queue.get("messages_unacknowledged") or 0) if isinstance(queue, dict) else None
+                answer = json.load(response)
+        except (OSError, ValueError, http.client.HTTPException):
+            return None  # no management plugin, or not reachable
+        items = answer.get("items") if isinstance(answer, dict) else None
+        if not isinstance(items, list):
+            return None
+        index_of = {name: index for index, name in enumerate(self._names)}
+        messages = [0] * len(self._names)
+        for item in items:
+            name = item.get("name") if isinstance(item, dict) else None
+            index = index_of.get(name) if isinstance(name, str) else None
+            if index is not None:
+                messages[index] = int(item.get("messages") or 0)
+        return tuple(messages)
 
 
 def management_url(rabbitmq_url: str, explicit: str = "", port: int = 15672) -> str:
@@ -156,7 +247,7 @@ def management_url(rabbitmq_url: str, explicit: str = "", port: int = 15672) -> 
 
 @dataclass
 class Autoscaler:
-    """Starts and stops worker processes so their number follows the busy lanes."""
+    """Starts and stops worker processes so their number follows the partitions' messages."""
 
     policy: Policy
     queue: Callable[[], Reading]
@@ -167,30 +258,37 @@ class Autoscaler:
     crash_pause: float = 2.0
     _surplus_since: float | None = None
     _paused_until: float = 0.0
-    _before: Reading | None = None
+    _grown_at: float = float("-inf")
 
     def step(self) -> None:
-        """One look at the queue and at most one scaling decision."""
+        """One look at the partitions and at most one scaling decision."""
         self._reap()
         try:
             reading = self.queue()
         except BrokerError as error:
             # Blind: keep what runs rather than guess. Workers reconnect by themselves.
-            log.warning("cannot read the ready queue: %s", error)
+            log.warning("cannot read the lane partitions: %s", error)
             self._surplus_since = None
             return
-        # Saturated: a token waited through a whole poll while slots were connected.
-        before, self._before = self._before, reading
-        saturated = reading.ready > 0 and before is not None and before.ready > 0 and before.consumers > 0
-        busy = reading.busy_lanes(saturated)
-        current, wanted = len(self.workers), self.policy.desired(busy)
+        current, wanted = len(self.workers), self.policy.desired(reading.total, reading.busy_partitions)
+        # What the workers say of themselves is fresh where the management API lags: never
+        # stop a worker that holds work, and add one while lanes wait for a slot in one,
+        # once every worker started has joined (it takes its share of partitions then).
+        wanted = max(wanted, min(reading.busy, self.policy.max_workers))
+        settling = self.now() - self._grown_at < GROWTH_SETTLE_SECONDS
+        if reading.waiting and reading.joined >= current and not settling:
+            wanted = max(wanted, min(current + 1, self.policy.max_workers))
         if wanted > current and self.now() < self._paused_until:
             return  # a worker just crashed: no tight loop of doomed starts
         if wanted > current:
             self._surplus_since = None
+            self._grown_at = self.now()
             for _ in range(wanted - current):
                 self.workers.append(self.spawn())
-            self._report(current, wanted, busy, reading)
+            self._report(current, wanted, reading)
+        elif wanted < current and reading.messages is None:
+            # What the workers hold is unknown: stopping one could cut into a backlog.
+            self._surplus_since = None
         elif wanted < current:
             if self._surplus_since is None:
                 self._surplus_since = self.now()
@@ -199,7 +297,7 @@ class Autoscaler:
                 for process in self.workers[wanted:]:
                     self._stop(process)
                 del self.workers[wanted:]
-                self._report(current, wanted, busy, reading)
+                self._report(current, wanted, reading)
         else:
             self._surplus_since = None
 
@@ -248,13 +346,13 @@ class Autoscaler:
             elif self.now() - since > self.policy.shutdown_seconds:
                 process.kill()
 
-    def _report(self, before: int, after: int, busy: int, reading: Reading) -> None:
+    def _report(self, before: int, after: int, reading: Reading) -> None:
         log.info(
-            "workers %d -> %d (busy lanes %d: ready %d, unacked %s, consumers %d)",
+            "workers %d -> %d (%d messages in %d partitions: ready %d, counted by the management API %s)",
             before,
             after,
-            busy,
-            reading.ready,
-            "?" if reading.unacked is None else reading.unacked,
-            reading.consumers,
+            reading.total,
+            reading.busy_partitions,
+            sum(reading.ready),
+            "?" if reading.messages is None else sum(reading.messages),
         )

@@ -10,11 +10,11 @@ concurrency target, Knative's probes) behind one Gateway API `HTTPRoute`, or
 OpenFaaS functions behind the OpenFaaS gateway and an `HTTPRoute` to it. OpenFaaS
 Community Edition refuses scaling labels and more than 5 replicas and keeps one
 replica up; Standard has the Function resource and scales to zero. The worker is on
-every platform a Deployment that KEDA scales 0..max with a `rabbitmq` trigger on
-the one ready queue, whose length (ready + unacknowledged tokens) is the number of
-busy lanes. A regex over the per-user lane queues would not do: KEDA sums regex
-matches from the management API one page at a time and fails past a single page,
-which a few hundred users exceed.
+every platform a Deployment that KEDA scales 0..max with a `rabbitmq` trigger that
+sums the messages of the LANE_PARTITIONS lane partitions (a regex over their names,
+read from the management API). KEDA reads one page of matching queues and fails past
+it: a page holds 100 queues, and the trigger asks for a larger one when LANE_PARTITIONS
+is larger.
 
 Every pod runs as a non-root user on a read-only root filesystem (an emptyDir at
 /tmp), without a service account token, behind a NetworkPolicy and a
@@ -42,6 +42,7 @@ import yaml
 
 from deploy import monitoring
 from deploy.template import Function, Route, Secret, Template, load
+from lanes.settings import Settings
 
 PLATFORMS = ("knative", "openfaas")
 EDITIONS = ("ce", "standard")
@@ -55,6 +56,7 @@ SECRET_FILES = "/var/run/lanes/secrets"
 HTTP_PORT = 8080
 WORKER_METRICS_PORT = 9102  # the worker's Dockerfile sets METRICS_PORT to this too
 MANAGEMENT_SECRET = "RABBITMQ_MANAGEMENT_URL"
+KEDA_PAGE_SIZE = 100  # queues KEDA's rabbitmq scaler lists per regex unless told `pageSize`
 HEADER = "# Rendered from template.yaml by `python -m deploy.render`; edit the template, not this file.\n"
 Manifest = dict[str, Any]
 # Settings every rendered function gets unless template.yaml sets them. The proxies in
@@ -335,7 +337,7 @@ def worker_manifests(template: Template, namespace: str, options: Options) -> di
             "triggers": [
                 {
                     "type": "rabbitmq",
-                    "metadata": rabbitmq_trigger(worker, options),
+                    "metadata": rabbitmq_trigger(worker, options, lane_partitions(template)),
                     "authenticationRef": {"name": f"{worker.name}-rabbitmq"},
                 }
             ],
@@ -356,21 +358,31 @@ def worker_manifests(template: Template, namespace: str, options: Options) -> di
     }
 
 
-def rabbitmq_trigger(worker: Function, options: Options) -> dict[str, str]:
-    """KEDA's rabbitmq scaler on the ready queue: replicas = ceil(busy lanes / target)."""
+def rabbitmq_trigger(worker: Function, options: Options, partitions: int) -> dict[str, str]:
+    """KEDA's rabbitmq scaler on the lane partitions: replicas = ceil(messages / target)."""
     trigger = {
-        # http: the management API counts unacknowledged tokens (lanes being run);
-        # over amqp KEDA would see only waiting lanes and stop workers mid-turn.
+        # http: only the management API matches queues by regex, and it counts the
+        # unacknowledged messages, the ones workers hold; over amqp KEDA would see only
+        # partitions no worker holds and stop workers in the middle of a backlog.
         "protocol": "http",
+        "useRegex": "true",
+        "queueName": worker.queue,
+        "operation": "sum",
         "mode": "QueueLength",
         "value": str(worker.scale.get("target", 1)),  # = WORKER_SLOTS (the template checks it)
-        "activationValue": "0",  # any waiting lane wakes the worker from zero
-        "queueName": worker.queue,
+        "activationValue": "0",  # any waiting request wakes the worker from zero
     }
+    if partitions > KEDA_PAGE_SIZE:
+        trigger["pageSize"] = str(partitions)
     if options.rabbitmq_vhost != "/":
         # The management URL has no path (the status function would take one for a prefix).
         trigger["vhostName"] = options.rabbitmq_vhost
     return trigger
+
+
+def lane_partitions(template: Template) -> int:
+    """How many partitions the worker's settings make: LANE_PARTITIONS, else Lanes' default."""
+    return int(template.env_of(template.worker).get("LANE_PARTITIONS", Settings.lane_partitions))
 
 
 # -- Knative -----------------------------------------------------------------------

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy import services
-from deploy.autoscaler import Autoscaler, Policy, ReadyQueue, management_url
+from deploy.autoscaler import Autoscaler, PartitionQueues, Policy, management_url
 from deploy.template import ROOT, Function, Template, load
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -248,7 +248,7 @@ def autoscaler(template: Template, data_dir: Path, idle_seconds: float | None = 
         env.get("RABBITMQ_MANAGEMENT_URL", ""),
         int(env.get("RABBITMQ_MANAGEMENT_PORT", "15672")),
     )
-    queue = ReadyQueue(settings, api)
+    queue = PartitionQueues(settings, api)
 
     def spawn() -> subprocess.Popen[bytes]:
         return subprocess.Popen(worker_argv(worker), env=env, cwd=ROOT / worker.source)

@@ -18,6 +18,13 @@ class TemplateError(ValueError):
     pass
 
 
+def partition_queue_pattern(prefix: str) -> str:
+    """The regex that selects the lane partitions, `<prefix>.partition.<k>`, in a queue listing.
+
+    QUEUE_PREFIX holds only letters, digits, '-' and '_', none of them special in a regex."""
+    return rf"^{prefix}\.partition\..*"
+
+
 @dataclass(frozen=True)
 class Route:
     """A path a function answers; an `internal` one (probes, metrics) stays off the public route."""
@@ -126,12 +133,14 @@ def _check(template: Template) -> None:
             raise TemplateError(f"{function.name}: secrets {sorted(unknown)} are not declared at the top")
     worker = template.worker
     prefix = template.env_of(worker).get("QUEUE_PREFIX", "lanes")
-    if worker.queue != f"{prefix}.ready":
-        # The worker scales on the queue its slots consume; any other name scales on nothing.
-        raise TemplateError(f"{worker.name}: queue must be {prefix}.ready, the ready queue of QUEUE_PREFIX")
+    if worker.queue != partition_queue_pattern(prefix):
+        # The worker scales on the queues its requests wait in; any other pattern scales on nothing.
+        raise TemplateError(
+            f"{worker.name}: queue must be {partition_queue_pattern(prefix)}, the lane partitions of QUEUE_PREFIX"
+        )
     slots = template.env_of(worker).get("WORKER_SLOTS")
     if slots is None or str(worker.scale.get("target", 1)) != slots:
-        # KEDA runs ceil(busy lanes / target) workers: a target above the slots leaves lanes
+        # KEDA runs ceil(messages / target) workers: a target above the slots leaves lanes
         # waiting for a slot, one below it starts workers that find nothing to run.
         raise TemplateError(f"{worker.name}: scale target must equal its WORKER_SLOTS setting")
 

@@ -178,7 +178,7 @@ def test_only_login_can_read_the_signing_key(rendered: Path) -> None:
     assert [n for n, f in stack["functions"].items() if "jwt-private.pem" in f["secrets"]] == ["login"]
 
 
-def test_the_worker_scales_0_to_max_on_the_ready_queue_with_keda(rendered: Path) -> None:
+def test_the_worker_scales_0_to_max_on_the_lane_partitions_with_keda(rendered: Path) -> None:
     worker = TEMPLATE.worker
     for folder in WORKER_FOLDERS:
         found = objects(rendered / folder)
@@ -188,14 +188,16 @@ def test_the_worker_scales_0_to_max_on_the_ready_queue_with_keda(rendered: Path)
         assert scaled["cooldownPeriod"] == worker.scale["idle_seconds"]
         (trigger,) = scaled["triggers"]
         assert trigger["type"] == "rabbitmq"
-        # One queue, counted with unacknowledged tokens (http), one busy lane per slot:
-        # no regex over per-user lanes, which breaks past one management API page.
+        # Every partition's messages summed, the ones workers hold included (http), one
+        # message per slot, and the first message wakes the worker from zero.
         assert trigger["metadata"] == {
             "protocol": "http",
+            "useRegex": "true",
+            "queueName": r"^lanes\.partition\..*",
+            "operation": "sum",
             "mode": "QueueLength",
             "value": TEMPLATE.env_of(worker)["WORKER_SLOTS"],
             "activationValue": "0",
-            "queueName": "lanes.ready",
         }
         auth = found[("TriggerAuthentication", trigger["authenticationRef"]["name"])]
         (ref,) = auth["spec"]["secretTargetRef"]
@@ -518,6 +520,14 @@ def test_keda_and_the_status_function_read_one_management_secret(rendered: Path)
         assert (ref["name"], ref["key"]) == (secret["name"], secret["key"]) == ("rabbitmq-management-url",) * 2
     secrets = {name for kind, name in found if kind == "Secret"}
     assert "lanes-rabbitmq-management" not in secrets
+
+
+def test_more_partitions_than_kedas_page_ask_for_a_larger_page() -> None:
+    template = dataclasses.replace(TEMPLATE, env={**TEMPLATE.env, "LANE_PARTITIONS": "240"})
+    scaled = render.render_knative(template, render.Options())["worker-scaledobject.yaml"]
+    assert scaled["spec"]["triggers"][0]["metadata"]["pageSize"] == "240"
+    assert not validate.validate(scaled)
+    assert render.lane_partitions(TEMPLATE) <= render.KEDA_PAGE_SIZE
 
 
 def test_a_non_default_vhost_reaches_kedas_trigger() -> None:

@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(
         health_blueprint({"database": lambda: ping(db), "broker": lambda: check_connection(settings)})
     )
-    # The lanes as a whole: exported here because they must be seen while no worker runs.
+    # The backlog as a whole: exported here because it must be seen while no worker runs.
     add_collector(app, LaneStats(settings, db))
     # Repairs run where something always runs: this function, also while the worker is at zero.
     start_sweeper(settings)

@@ -1,16 +1,26 @@
-"""The lanes as the broker and the database see them, measured when Prometheus scrapes.
+"""The backlog as the broker and the database see it, measured when Prometheus scrapes.
 
 These numbers describe the system, not a process: they must be there while the
 worker is scaled to zero (that is when "backlog but no worker" must be seen), so
-the status function exports them. No label names a user: how deep lanes are is
-a histogram of depths, never one series per lane.
+the status function exports them. No label names a user or a partition.
 
-Cost per scrape is bounded and cached (METRICS_CACHE_SECONDS): one management
-API call for the ready queue, at most MAX_PAGES pages of lane queues (name,
-depth and the head's timestamp only), and an estimated count of dead letters.
-The oldest pending request's age comes from the lanes' heads, stamped with
-their acceptance time, not from the database: on FerretDB, finding the oldest
-record by status scans the whole collection.
+Every request waits in one of the LANE_PARTITIONS partition queues, and which users
+have work is known only inside the worker process holding that partition; so the
+figures per lane are the worker's (lanes.metrics.lanes_seen), and the broker gives
+what it can see from outside: requests per partition (ready: no worker has taken
+them; unacknowledged: a worker holds them, waiting or running), which partitions are
+held, and how many worker processes are on the roster.
+
+The oldest pending request's age is RabbitMQ's `head_message_timestamp`: each message
+is stamped with its acceptance time, and a classic queue reports the older of two
+stamps, its next ready message's and its oldest unacknowledged message's, so the
+requests a worker holds (all unacknowledged until settled) count. Messages paged out
+to disk are not looked at, and quorum queues report no stamp at all. Not the
+database: on FerretDB, finding the oldest record by status scans the whole collection.
+
+Cost per scrape is bounded and cached (METRICS_CACHE_SECONDS): one management API
+call for the partitions and the roster (a page holds PAGE_SIZE queues), and an
+estimated count of dead letters.
 """
 
 from __future__ import annotations
@@ -20,14 +30,13 @@ import json
 import logging
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from prometheus_client.metrics_core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
@@ -36,23 +45,23 @@ from lanes.settings import Settings
 
 log = logging.getLogger("lanes.metrics")
 
-DEPTH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 PAGE_SIZE = 500
-MAX_PAGES = 20  # 10,000 lanes with work per scrape; beyond that the depths are a sample
+MAX_PAGES = 20  # 10,000 queues: far beyond any LANE_PARTITIONS, so the listing is whole
 TIMEOUT_SECONDS = 3.0
+PARTITION_COLUMNS = "name,messages,messages_ready,messages_unacknowledged,head_message_timestamp,consumers"
 
 
 @dataclass
 class Snapshot:
     broker_up: bool = False
     database_up: bool = False
-    lanes: int = 0
-    lanes_with_backlog: int = 0
+    partitions: int = 0
+    partitions_held: int = 0
     backlog: int = 0
-    depths: list[int] = field(default_factory=list)
-    lanes_waiting: int = 0
-    ready_consumers: int = 0
-    oldest_pending_age: float = 0.0
+    backlog_unheld: int = 0
+    workers: int = 0
+    # None: requests wait, but no partition holding them reports a head timestamp.
+    oldest_pending_age: float | None = 0.0
     dead_letters: int = 0
 
 
@@ -94,7 +103,7 @@ class ManagementApi:
 
 
 class LaneStats:
-    """A Prometheus collector of lane, backlog and dependency gauges (docs/metrics.md lists them)."""
+    """A Prometheus collector of backlog, worker and dependency gauges (docs/metrics.md lists them)."""
 
     def __init__(
         self,
@@ -141,35 +150,45 @@ class LaneStats:
         return snapshot
 
     def _measure_broker(self, snapshot: Snapshot) -> None:
-        try:
-            ready = self._api.queue(self._names.ready)
-        except urllib.error.HTTPError as error:
-            if error.code != 404:  # no ready queue yet: no worker or enqueue ever ran
-                raise
-            ready = {}
-        snapshot.lanes_waiting = int(ready.get("messages_ready") or 0)
-        snapshot.ready_consumers = int(ready.get("consumers") or 0)
-        lane_regex = "^" + self._names.lane("").replace(".", r"\.")
-        oldest: float | None = None
+        # Every partition that exists, also one beyond LANE_PARTITIONS left by an earlier
+        # setting: its requests are backlog that no worker will take.
+        partition_prefix = self._names.partition(0).removesuffix("0")
+        regex = f"^({_escaped(partition_prefix)}[0-9]+|{_escaped(self._names.workers)})$"
+        queues: list[dict[str, Any]] = []
         for page in range(1, MAX_PAGES + 1):
-            listing = self._api.queues(lane_regex, page)
-            snapshot.lanes = int(listing.get("filtered_count") or 0)
-            items = [queue for queue in listing.get("items") or () if int(queue.get("messages") or 0) > 0]
-            snapshot.depths.extend(int(queue["messages"]) for queue in items)
-            # Lanes stamp each message with its acceptance time (older messages may lack it).
-            heads = [float(queue["head_message_timestamp"]) for queue in items if queue.get("head_message_timestamp")]
-            if heads and (oldest is None or min(heads) < oldest):
-                oldest = min(heads)
-            # Sorted deepest first: the first empty lane ends the lanes with work.
-            if page >= int(listing.get("page_count") or 0) or len(items) < len(listing.get("items") or ()):
+            # By name: an order that does not change between two pages' calls.
+            listing = self._api.queues(regex, page, columns=PARTITION_COLUMNS, most="name")
+            queues.extend(listing.get("items") or ())
+            if page >= int(listing.get("page_count") or 0):
                 break
-        snapshot.lanes_with_backlog = len(snapshot.depths)
-        snapshot.backlog = sum(snapshot.depths)
-        if oldest is not None:
-            snapshot.oldest_pending_age = max(0.0, self._wall_clock() - oldest)
+        heads: list[float] = []
+        unstamped = False
+        for queue in queues:
+            consumers = int(queue.get("consumers") or 0)
+            if queue.get("name") == self._names.workers:
+                snapshot.workers = consumers  # absent (auto-deleted) while no worker runs
+                continue
+            messages = int(queue.get("messages") or 0)
+            snapshot.partitions += 1
+            snapshot.partitions_held += consumers > 0
+            snapshot.backlog += messages
+            snapshot.backlog_unheld += int(queue.get("messages_ready") or 0)
+            if queue.get("head_message_timestamp"):
+                heads.append(float(queue["head_message_timestamp"]))
+            elif messages:
+                unstamped = True
+        if heads:
+            snapshot.oldest_pending_age = max(0.0, self._wall_clock() - min(heads))
+        elif unstamped:
+            snapshot.oldest_pending_age = None
 
     def _measure_database(self, snapshot: Snapshot) -> None:
         snapshot.dead_letters = self._db.dead_letters.estimated_document_count()
+
+
+def _escaped(name: str) -> str:
+    """A queue name as a literal in the management API's regex (QUEUE_PREFIX allows no other metacharacter)."""
+    return name.replace(".", r"\.")
 
 
 def _families(snapshot: Snapshot) -> Iterator[Metric]:
@@ -178,35 +197,33 @@ def _families(snapshot: Snapshot) -> Iterator[Metric]:
     )
     yield _gauge("lanes_database_up", "1 when the database answered the last measurement.", snapshot.database_up)
     if snapshot.broker_up:
-        yield _gauge("lanes_lanes", "Lane queues that exist (a lane is removed after its idle period).", snapshot.lanes)
-        yield _gauge("lanes_lanes_with_backlog", "Lanes holding at least one request.", snapshot.lanes_with_backlog)
-        yield _gauge("lanes_backlog_requests", "Requests in all lanes: waiting or running.", snapshot.backlog)
-        yield _gauge("lanes_lanes_waiting", "Lanes waiting for a worker slot (wake-up tokens).", snapshot.lanes_waiting)
         yield _gauge(
-            "lanes_ready_consumers",
-            "Worker slots listening for lanes to run; 0 means no worker is running.",
-            snapshot.ready_consumers,
+            "lanes_backlog_requests",
+            "Requests accepted and not yet settled, in all partitions: waiting or running.",
+            snapshot.backlog,
         )
-        yield _depth_histogram(snapshot.depths)
         yield _gauge(
-            "lanes_oldest_pending_age_seconds",
-            "Age of the oldest request in a lane (waiting, or running at a lane's head); 0 when none is.",
-            snapshot.oldest_pending_age,
+            "lanes_backlog_unheld_requests",
+            "Of those, requests no worker process has taken yet (ready in a partition no worker holds).",
+            snapshot.backlog_unheld,
         )
+        yield _gauge("lanes_partitions", "Partition queues that exist.", snapshot.partitions)
+        yield _gauge("lanes_partitions_held", "Partitions a worker process holds (consumes).", snapshot.partitions_held)
+        yield _gauge(
+            "lanes_workers_connected",
+            "Worker processes connected to the broker (on its roster); 0 means none is running.",
+            snapshot.workers,
+        )
+        if snapshot.oldest_pending_age is not None:
+            yield _gauge(
+                "lanes_oldest_pending_age_seconds",
+                "Age of the oldest request not yet settled, waiting or running, from RabbitMQ's head timestamps "
+                "(a partition's next ready and oldest unacknowledged message, in memory); 0 when none is.",
+                snapshot.oldest_pending_age,
+            )
     if snapshot.database_up:
         yield _gauge("lanes_dead_letters", "Requests kept in the dead-letter store.", snapshot.dead_letters)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=float(value))
-
-
-def _depth_histogram(depths: list[int]) -> GaugeHistogramMetricFamily:
-    buckets = [(str(bound), float(sum(depth <= bound for depth in depths))) for bound in DEPTH_BUCKETS]
-    buckets.append(("+Inf", float(len(depths))))
-    return GaugeHistogramMetricFamily(
-        "lanes_lane_depth",
-        "Lanes with work, by how many requests each holds (a snapshot, not per user).",
-        buckets=buckets,
-        gsum_value=float(sum(depths)),
-    )

@@ -82,6 +82,34 @@ SLOTS_BUSY = Gauge(
     multiprocess_mode="livesum",
 )
 WORKERS = Gauge("lanes_workers_live", "Live worker processes.", registry=REGISTRY, multiprocess_mode="livesum")
+# Which users have work is known only in the worker process holding their partition, so
+# the figures per lane come from here. A partition has one holder: the sums over live
+# processes count each lane once.
+LANES = Gauge(
+    "lanes_worker_lanes",
+    "Lanes with work in the partitions live workers hold: a request waiting or running.",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+LANES_WAITING = Gauge(
+    "lanes_worker_lanes_waiting",
+    "Lanes with a request waiting and none running: waiting for a free slot.",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+REQUESTS_WAITING = Gauge(
+    "lanes_worker_requests_waiting",
+    "Requests live workers hold that have not started: behind their lane's running request, or waiting for a slot.",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+# `livemax`: the deepest lane of all, where a sum of each process's deepest would mean nothing.
+DEEPEST_LANE = Gauge(
+    "lanes_worker_lane_depth_max",
+    "Requests in the deepest lane live workers hold, waiting and running: a hot lane, without naming its user.",
+    registry=REGISTRY,
+    multiprocess_mode="livemax",
+)
 
 _actions: frozenset[str] = frozenset()
 
@@ -97,6 +125,7 @@ def worker_started(slots: int, actions: Iterable[str]) -> None:
     WORKERS.set(1)
     SLOTS.set(slots)
     SLOTS_BUSY.set(0)
+    lanes_seen(0, 0, 0, 0)
     for action in sorted(_actions):
         for outcome in OUTCOMES:
             PROCESSED.labels(action, outcome)
@@ -118,10 +147,24 @@ def worker_stopped() -> None:
         WORKERS.set(0)
         SLOTS.set(0)
         SLOTS_BUSY.set(0)
+        lanes_seen(0, 0, 0, 0)
 
 
 def slot_busy(delta: int) -> None:
     SLOTS_BUSY.inc(delta)
+
+
+def lanes_seen(lanes_with_work: int, lanes_waiting: int, waiting_requests: int, deepest_lane: int) -> None:
+    """What this process's lanes look like now; the dispatcher reports about once a second.
+
+    `lanes_with_work`: lanes with a request waiting or running here; `lanes_waiting`: of
+    those, lanes with a request waiting and none running; `waiting_requests`: requests
+    delivered here that have not started; `deepest_lane`: the most requests one lane
+    holds here, waiting and running (0 when none has work)."""
+    LANES.set(lanes_with_work)
+    LANES_WAITING.set(lanes_waiting)
+    REQUESTS_WAITING.set(waiting_requests)
+    DEEPEST_LANE.set(deepest_lane)
 
 
 def request_started(record: dict[str, Any]) -> None:

@@ -1,7 +1,13 @@
-"""The lane gauges, measured from a real RabbitMQ and a real database."""
+"""The status function's backlog gauges, measured from a real RabbitMQ and a real database.
+
+The broker is driven the way Lanes drives it: requests go in through the Enqueuer and
+the partition publisher, and a worker's hold on a partition is a real PartitionSession.
+"""
 
 from __future__ import annotations
 
+import itertools
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -9,15 +15,30 @@ from dataclasses import replace
 import pymongo
 import pytest
 
-from lanes.broker import ChannelPool, QueueNames, lane_arguments, open_connection
+from lanes.broker import ChannelPool, PartitionSession, QueueNames, partition_arguments
 from lanes.db import connect
 from lanes.lanestats import LaneStats, Snapshot
-from lanes.protocol import LanePublisher
+from lanes.protocol import LaneLedger, LaneMessage, PartitionPublisher, partition_of
 from lanes.queueing import Enqueuer
-from lanes.requests import Requests
+from lanes.requests import Requests, new_request_id
 from lanes.settings import Settings
 from lanes.validation import EnqueueBody
 from tests.support import management_api, open_vhost, wait_until
+
+PARTITIONS = 4
+# The management API refreshes its figures every 5 s.
+STATS_TIMEOUT = 30
+GAUGES = {
+    "lanes_broker_up",
+    "lanes_database_up",
+    "lanes_backlog_requests",
+    "lanes_backlog_unheld_requests",
+    "lanes_partitions",
+    "lanes_partitions_held",
+    "lanes_workers_connected",
+    "lanes_oldest_pending_age_seconds",
+    "lanes_dead_letters",
+}
 
 
 @pytest.fixture
@@ -30,64 +51,124 @@ def settings(running_services: None) -> Iterator[Settings]:
         rabbitmq_url=vhost_url,
         mongo_uri=f"mongodb://127.0.0.1:27017/lanes_stats_{run_id}",
         metrics_cache_seconds=0,
+        lane_partitions=PARTITIONS,
     )
     yield settings
     management_api("DELETE", f"/api/vhosts/{vhost}")
     pymongo.MongoClient(settings.mongo_uri).drop_database(settings.database_name)
 
 
-def enqueue(settings: Settings, requests: Requests, publisher: LanePublisher, user_id: str, count: int) -> None:
-    enqueuer = Enqueuer(settings, requests, publisher)
-    for _ in range(count):
-        enqueuer.enqueue(user_id, EnqueueBody(action="echo", data=None), None)
+def user_in(partition: int) -> str:
+    return next(f"user{i}" for i in itertools.count() if partition_of(f"user{i}", PARTITIONS) == partition)
 
 
-def test_lane_gauges_count_lanes_backlog_depths_and_listening_slots(settings: Settings) -> None:
-    # Given three users with 1, 3 and 7 requests waiting, a fourth with none, and no worker
+def request_message(user_id: str) -> LaneMessage:
+    return LaneMessage(new_request_id(), user_id, "echo", "null")
+
+
+def test_backlog_partitions_workers_and_the_oldest_request_follow_the_broker(settings: Settings) -> None:
+    # Given a request accepted five minutes ago at the head of partition 0, then requests of
+    # three users in partitions 0, 1 and 2 (1, 3 and 7 of them), partition 3 empty, no worker
+    names = QueueNames.of(settings)
     db = connect(settings)
-    requests = Requests(db)
-    publisher = LanePublisher(settings, ChannelPool(settings))
-    for user_id, count in (("u1", 1), ("u3", 3), ("u7", 7)):
-        enqueue(settings, requests, publisher, user_id, count)
-    with open_connection(settings) as connection:
-        idle_lane = QueueNames("lanes").lane("idle")
-        connection.channel().queue_declare(idle_lane, durable=True, arguments=lane_arguments(settings))
+    pool = ChannelPool(settings)
+    accepted_long_ago = int(time.time()) - 300
+    with pool.channel() as channel:
+        channel.declare(names.partition(0), partition_arguments(settings))
+        channel.publish(names.partition(0), request_message(user_in(0)).body(), timestamp=accepted_long_ago)
+        # Not a partition: a queue of the same prefix must not count.
+        channel.declare(names.sweeper, {})
+        channel.publish(names.sweeper, b"not a request")
+    publisher = PartitionPublisher(settings, pool, LaneLedger(settings.lane_depth_limit, lambda _request: False))
+    enqueuer = Enqueuer(settings, Requests(db), publisher)
+    for partition, count in ((0, 1), (1, 3), (2, 7)):
+        for _ in range(count):
+            enqueuer.enqueue(user_in(partition), EnqueueBody(action="echo", data=None), None)
     db.dead_letters.insert_one({"_id": "x", "error": "boom"})
     stats = LaneStats(settings, db)
 
-    # When the broker's statistics have caught up (it refreshes them every few seconds)
+    # When the broker's statistics have caught up
     snapshot: Snapshot = wait_until(
-        lambda: (s := stats.snapshot()).backlog == 11 and s.lanes == 4 and s.oldest_pending_age > 0 and s,
-        timeout=30,
+        lambda: (s := stats.snapshot()).backlog == 12 and s.oldest_pending_age and s,
+        timeout=STATS_TIMEOUT,
         what="the broker's counts",
     )
 
-    # Then the numbers describe the lanes without naming anyone
+    # Then every request waits unheld, and the oldest is the one stamped five minutes ago
     assert snapshot.broker_up and snapshot.database_up
-    assert (snapshot.lanes, snapshot.lanes_with_backlog, snapshot.backlog) == (4, 3, 11)
-    assert sorted(snapshot.depths) == [1, 3, 7]
-    assert snapshot.lanes_waiting == 3  # one wake-up token per lane that went from empty to busy
-    assert snapshot.ready_consumers == 0
-    # The oldest head was stamped when it was accepted, a moment ago
-    assert 0 < snapshot.oldest_pending_age < 60 and snapshot.dead_letters == 1
+    assert (snapshot.partitions, snapshot.partitions_held, snapshot.backlog_unheld, snapshot.workers) == (4, 0, 12, 0)
+    assert snapshot.oldest_pending_age is not None and 300 <= snapshot.oldest_pending_age < 360
+    assert snapshot.dead_letters == 1
     families = {family.name: family for family in stats.collect()}
-    depth = {s.labels.get("le"): s.value for s in families["lanes_lane_depth"].samples if s.name.endswith("_bucket")}
-    assert (depth["1"], depth["2"], depth["5"], depth["10"], depth["+Inf"]) == (1, 1, 2, 3, 3)
-    assert all("u7" not in str(sample.labels) for family in families.values() for sample in family.samples)
+    assert set(families) == GAUGES
+    assert all(sample.labels == {} for family in families.values() for sample in family.samples)
+    assert families["lanes_backlog_requests"].samples[0].value == 12
 
-    # And a slot listening on the ready queue is seen as one
-    with open_connection(settings) as connection:
-        channel = connection.channel()
-        channel.basic_qos(prefetch_count=1)
-        channel.basic_consume(QueueNames("lanes").ready, lambda *_: None)
-        connection.process_data_events(0.1)
-        assert wait_until(lambda: stats.snapshot().ready_consumers == 1, timeout=30, what="the consumer")
+    # When a worker process joins the roster and holds partition 0, taking its two requests
+    session = PartitionSession(settings, names)
+    try:
+        assert session.take(0)
+        session.wait(10, lambda: len(session.deliveries) == 2)
+        assert len(session.deliveries) == 2
+        held: Snapshot = wait_until(
+            lambda: (s := stats.snapshot()).workers == 1 and s.partitions_held == 1 and s.backlog_unheld == 10 and s,
+            timeout=STATS_TIMEOUT,
+            what="the broker to see the worker and its partition",
+        )
+
+        # Then its requests are still backlog, and the oldest still counts while it is held
+        assert held.backlog == 12
+        assert held.oldest_pending_age is not None and held.oldest_pending_age >= 300
+
+        # When the worker settles the old request (its acknowledgement)
+        assert session.ack(session.deliveries.popleft())
+        # (the queue's count and its head's timestamp may be refreshed in different rounds)
+        settled: Snapshot = wait_until(
+            lambda: (s := stats.snapshot()).backlog == 11 and (s.oldest_pending_age or 0) < 60 and s,
+            timeout=STATS_TIMEOUT,
+            what="the broker to see the acknowledgement",
+        )
+
+        # Then the oldest is one accepted a moment ago: held, not started, still counted
+        assert settled.oldest_pending_age is not None and 0 <= settled.oldest_pending_age < 60
+        assert (settled.partitions_held, settled.backlog_unheld) == (1, 10)
+    finally:
+        session.close()
+
+    # And once the worker is gone, its unsettled request is unheld backlog again, and no worker runs
+    gone: Snapshot = wait_until(
+        lambda: (s := stats.snapshot()).workers == 0 and s.partitions_held == 0 and s.backlog_unheld == 11 and s,
+        timeout=STATS_TIMEOUT,
+        what="the broker to see the worker leave",
+    )
+    assert gone.backlog == 11 and gone.partitions == 4
 
 
-def test_nothing_pending_reads_as_zero_age(settings: Settings) -> None:
+def test_requests_without_a_timestamp_leave_the_age_out_and_a_stranded_partition_counts(settings: Settings) -> None:
+    # Given a request without an acceptance stamp in partition 9, beyond LANE_PARTITIONS (an
+    # earlier setting's): no worker takes it, and the broker cannot tell its age
+    names = QueueNames.of(settings)
+    with ChannelPool(settings).channel() as channel:
+        channel.declare(names.partition(9), partition_arguments(settings))
+        channel.publish(names.partition(9), request_message("stranded").body())
+    stats = LaneStats(settings, connect(settings))
+
+    # When the broker's statistics have caught up
+    snapshot: Snapshot = wait_until(
+        lambda: (s := stats.snapshot()).backlog == 1 and s, timeout=STATS_TIMEOUT, what="the broker's counts"
+    )
+
+    # Then it is unheld backlog, and the age is left out rather than read as zero
+    assert (snapshot.partitions, snapshot.partitions_held, snapshot.backlog_unheld) == (1, 0, 1)
+    assert snapshot.oldest_pending_age is None
+    families = {family.name for family in stats.collect()}
+    assert "lanes_oldest_pending_age_seconds" not in families and "lanes_backlog_requests" in families
+
+
+def test_nothing_pending_reads_as_zero(settings: Settings) -> None:
     snapshot = LaneStats(settings, connect(settings)).snapshot()
     assert snapshot.broker_up and snapshot.database_up
-    assert (snapshot.lanes, snapshot.backlog, snapshot.oldest_pending_age) == (0, 0, 0)
+    assert (snapshot.partitions, snapshot.backlog, snapshot.workers, snapshot.oldest_pending_age) == (0, 0, 0, 0)
 
 
 def test_an_unreachable_broker_or_database_is_reported_and_its_gauges_left_out(settings: Settings) -> None:
@@ -99,4 +180,4 @@ def test_an_unreachable_broker_or_database_is_reported_and_its_gauges_left_out(s
     families = {f.name: f for f in LaneStats(broken, connect(broken)).collect()}
     assert families["lanes_broker_up"].samples[0].value == 0
     assert families["lanes_database_up"].samples[0].value == 0
-    assert "lanes_backlog_requests" not in families and "lanes_oldest_pending_age_seconds" not in families
+    assert set(families) == {"lanes_broker_up", "lanes_database_up"}

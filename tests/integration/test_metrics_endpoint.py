@@ -56,8 +56,11 @@ def test_the_base_url_shows_every_function_and_the_worker_without_naming_users(a
     assert total(samples, "lanes_requests_processed_total", function="worker", action="echo", outcome="done") >= 1
     assert total(samples, "lanes_request_queue_wait_seconds_count", function="worker", action="echo") >= 1
     assert total(samples, "lanes_workers_live", function="worker") >= 1
-    for gauge in ("lanes_backlog_requests", "lanes_lanes", "lanes_oldest_pending_age_seconds", "lanes_broker_up"):
-        assert gauge in samples, gauge
+    # The lanes a worker holds are the worker's figures; the backlog is the broker's.
+    for gauge in ("lanes_worker_lanes", "lanes_worker_requests_waiting", "lanes_worker_lane_depth_max"):
+        assert [labels for labels, _ in samples.get(gauge, [])] == [{"function": "worker"}], gauge
+    for gauge in ("lanes_backlog_requests", "lanes_workers_connected", "lanes_oldest_pending_age_seconds"):
+        assert [labels for labels, _ in samples.get(gauge, [])] == [{}], gauge
     assert total(samples, "lanes_broker_up") == 1 and total(samples, "lanes_database_up") == 1
 
     # And no label names a user or a request, whatever the metric

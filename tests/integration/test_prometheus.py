@@ -90,7 +90,7 @@ def test_every_panel_and_alert_answers_from_a_live_prometheus(
         "sum(lanes_requests_dead_lettered_total) >= 1",
         "sum(lanes_requests_retried_total) >= 4",
         "sum(lanes_requests_processed_total{outcome='cancelled'}) >= 1",
-        "max(lanes_ready_consumers) >= 4",
+        "max(lanes_workers_connected) >= 2",
         "max(lanes_backlog_requests) == 0",
     ):
         wait_until(lambda: prometheus.query(recorded), timeout=60, what=f"Prometheus to see {recorded}")  # noqa: B023

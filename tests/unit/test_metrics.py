@@ -30,6 +30,8 @@ WORKER = textwrap.dedent(
         metrics.attempt_finished(record, True, 0.01)
         metrics.request_settled(record, "done")
     metrics.slot_busy(1)
+    if len(sys.argv) > 4:
+        metrics.lanes_seen(*map(int, sys.argv[4:8]))
     print("ready", flush=True)
     if sys.argv[3] == "stay":
         time.sleep(60)
@@ -50,9 +52,12 @@ def value(text: str, name: str, **labels: str) -> float | None:
     return samples(text, name).get(tuple(sorted(labels.items())))
 
 
-def start_worker(metrics_dir: Path, slots: int, done: int, stay: bool) -> subprocess.Popen[str]:
+def start_worker(
+    metrics_dir: Path, slots: int, done: int, stay: bool, lanes: tuple[int, int, int, int] | None = None
+) -> subprocess.Popen[str]:
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     argv = [sys.executable, "-c", WORKER, str(slots), str(done), "stay" if stay else "exit"]
+    argv += [str(figure) for figure in lanes or ()]
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None and process.stdout.readline().strip() == "ready"
     return process
@@ -82,6 +87,44 @@ def test_worker_processes_add_up_and_a_killed_one_keeps_its_counts_but_not_its_s
     text = generate_latest(_registry_of(collector)).decode()
     assert value(text, "lanes_requests_processed_total", action="echo", outcome="done", function="worker") == 8
     assert value(text, "lanes_workers_live", function="worker") is None
+
+
+def test_lanes_seen_by_workers_add_up_but_the_deepest_lane_is_the_deepest_of_all(tmp_path: Path) -> None:
+    # Given two live worker processes, each holding its own partitions' lanes
+    first = start_worker(tmp_path, slots=2, done=0, stay=True, lanes=(5, 2, 9, 4))
+    second = start_worker(tmp_path, slots=2, done=0, stay=True, lanes=(3, 1, 20, 17))
+    collector = DirectoryCollector(lambda: {"worker": tmp_path})
+    try:
+        # When the directory is scraped
+        text = generate_latest(_registry_of(collector)).decode()
+
+        # Then the counts are summed over the processes and the deepest lane is the maximum
+        assert value(text, "lanes_worker_lanes", function="worker") == 8
+        assert value(text, "lanes_worker_lanes_waiting", function="worker") == 3
+        assert value(text, "lanes_worker_requests_waiting", function="worker") == 29
+        assert value(text, "lanes_worker_lane_depth_max", function="worker") == 17
+
+        # When the process with the deepest lane is killed, its lanes leave the figures
+        second.send_signal(signal.SIGKILL)
+        second.wait()
+        text = generate_latest(_registry_of(collector)).decode()
+        assert value(text, "lanes_worker_lanes", function="worker") == 5
+        assert value(text, "lanes_worker_requests_waiting", function="worker") == 9
+        assert value(text, "lanes_worker_lane_depth_max", function="worker") == 4
+    finally:
+        for process in (first, second):
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+    text = generate_latest(_registry_of(collector)).decode()
+    assert value(text, "lanes_worker_lanes", function="worker") is None
+
+
+def test_a_worker_starts_seeing_no_lanes() -> None:
+    metrics.lanes_seen(4, 1, 6, 3)
+    metrics.worker_started(1, ["echo"])
+    for name in ("lanes_worker_lanes", "lanes_worker_lanes_waiting", "lanes_worker_requests_waiting"):
+        assert metrics.REGISTRY.get_sample_value(name) == 0
+    assert metrics.REGISTRY.get_sample_value("lanes_worker_lane_depth_max") == 0
 
 
 def _registry_of(collector: DirectoryCollector) -> CollectorRegistry:

@@ -20,6 +20,10 @@ from bench.load import percentile
 from bench.procs import STOP
 
 FILL_SECONDS = 45  # the backlog is cut short (and reported so) past this
+# Each of the heavy user's requests sleeps this long: its lane runs one request at a time,
+# so a backlog of 2,000 lasts ~25 s, longer than the newcomers take to arrive (10 s), and
+# the figure measures newcomers *while* the backlog drains, not after.
+HEAVY_SLEEP_MS = 10
 NEWCOMER_RATE = 20.0  # newcomers per second: about half of what Lanes sustains end to end here
 
 
@@ -29,25 +33,25 @@ def run(ctx: Context) -> dict[str, Any]:
     heavy, newcomers = ctx.users[0], ctx.users[1 : 1 + ctx.sizes.newcomers]
     clients = PerThread(stack.base_url)
 
-    def enqueue(token: str) -> tuple[str, float]:
+    def enqueue(token: str, request: dict[str, Any] | None = None) -> tuple[str, float]:
         if STOP.is_set():
             raise KeyboardInterrupt
         sent = time.time()
-        status, body = clients.get().post("/enqueue", {"action": "echo", "data": {}}, token, retry_unavailable=20)
+        body = request or {"action": "echo", "data": {}}
+        status, body = clients.get().post("/enqueue", body, token, retry_unavailable=20)
         if status != 202:
             raise RuntimeError(f"enqueue answered {status}: {body}")
         return body["request_id"], sent
 
-    # Given: the heavy user's backlog, queued while no worker runs. The first request goes
-    # alone and the rest follow it concurrently: concurrent first requests into an empty
-    # lane can all skip waking it (each sees the others' messages), which would stall the
-    # lane until the sweeper runs -- a separate problem this scenario must not measure.
+    # Given: the heavy user's backlog of short sleeps, queued while no worker runs.
     fill_until = time.monotonic() + min(FILL_SECONDS, max(5.0, ctx.time_left() - 60))
 
-    def fill(_: int) -> str | None:
-        return enqueue(heavy.token)[0] if time.monotonic() < fill_until else None
+    heavy_request = {"action": "sleep", "data": {"ms": HEAVY_SLEEP_MS}}
 
-    backlog = [enqueue(heavy.token)[0]]
+    def fill(_: int) -> str | None:
+        return enqueue(heavy.token, heavy_request)[0] if time.monotonic() < fill_until else None
+
+    backlog = [enqueue(heavy.token, heavy_request)[0]]
     with ThreadPoolExecutor(8) as pool:
         backlog += [i for i in pool.map(fill, range(ctx.sizes.heavy_requests - 1)) if i is not None]
     ctx.say("fairness", f"one user has {len(backlog)} requests queued; starting {ctx.sizes.workers} workers")

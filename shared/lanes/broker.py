@@ -3,8 +3,7 @@ lane protocol needs. pika is imported here and nowhere else; its errors stop her
 
 Callers see plain values and four outcomes besides success: `QueueMissing` (404),
 `QueueInUse` (another connection holds the queue exclusively), `Refused` (the broker
-nacked a publish: a full queue) and `BrokerError` (anything else: the connection is
-unusable). After a 404, 403 or 405 the broker closes the channel; the `Channel`
+nacked a publish) and `BrokerError` (anything else: the connection is unusable). After a 404, 403 or 405 the broker closes the channel; the `Channel`
 wrapper opens a fresh one on the same connection, so the caller can go on.
 
 pika's BlockingConnection must never be shared between threads or greenlets, so HTTP
@@ -52,7 +51,7 @@ class QueueMissing(BrokerError):
 
 
 class QueueInUse(BrokerError):
-    """Another connection holds the queue exclusively (a lane's consumer: the lane is held)."""
+    """Another connection holds the queue exclusively (a partition's consumer: it is held)."""
 
 
 class ArgumentsDiffer(BrokerError):
@@ -60,7 +59,7 @@ class ArgumentsDiffer(BrokerError):
 
 
 class Refused(Exception):
-    """The broker refused a publish (`reject-publish`: the queue is at its length limit)."""
+    """The broker nacked a publish (a queue at a length limit, or an internal failure)."""
 
 
 @dataclass(frozen=True)
@@ -210,7 +209,7 @@ class Channel:
             raise BrokerError(f"RabbitMQ failed: {error!r}") from None
 
     def declare(self, name: str, arguments: dict[str, Any]) -> Counts:
-        """Declare a durable queue (restarting its idle timer) and return its counts.
+        """Declare a durable queue and return its counts.
 
         A queue that exists with other arguments (settings changed since) is used as it is."""
         try:

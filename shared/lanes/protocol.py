@@ -62,7 +62,7 @@ def partition_of(user_id: str, partitions: int) -> int:
 
 
 class LaneFull(Exception):
-    """The lane holds LANE_DEPTH_LIMIT requests already; the broker refused this one."""
+    """The lane holds LANE_DEPTH_LIMIT requests already (as this process's ledger counts)."""
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ class Settings:
     mongo_uri: str = "mongodb://127.0.0.1:27017/lanes"
     rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     queue_prefix: str = "lanes"
-    # "classic" on one broker node; "quorum" replicates lanes and the ready queue
-    # across a RabbitMQ cluster (docs/scaling.md weighs the cost).
+    # "classic" on one broker node; "quorum" replicates the partitions across a
+    # RabbitMQ cluster (docs/scaling.md weighs the cost).
     queue_type: str = "classic"
     data_dir: str = ".lanes"
 

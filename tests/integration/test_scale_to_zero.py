@@ -81,9 +81,11 @@ def test_workers_grow_with_busy_lanes_but_never_past_them_or_max(stack: Stack) -
 def test_many_busy_lanes_grow_the_workers_to_the_templates_max(stack: Stack) -> None:
     users = [stack.api.new_user(f"many{i}") for i in range(10)]
     with ThreadPoolExecutor(max_workers=5) as pool:
-        lanes = list(pool.map(lambda u: [u.enqueue("sleep", {"ms": 2000})], users))
-    # 10 lanes / 2 slots would want 5 workers; template.yaml allows 4
-    wait_until(lambda: len(stack.worker_pids()) == 4, timeout=10, what="four workers")
+        lanes = list(pool.map(lambda u: [u.enqueue("sleep", {"ms": 4000})], users))
+    # 10 lanes / 2 slots would want 5 workers; template.yaml allows 4. Work a worker already
+    # holds reaches the autoscaler through the management API's figures (refreshed every
+    # second, read every second) or the workers' waiting signal (one more every 2.5 s).
+    wait_until(lambda: len(stack.worker_pids()) == 4, timeout=20, what="four workers")
     time.sleep(1)
     assert len(stack.worker_pids()) == 4
     for user, ids in zip(users, lanes, strict=True):

@@ -3,8 +3,9 @@ lane protocol needs. pika is imported here and nowhere else; its errors stop her
 
 Callers see plain values and four outcomes besides success: `QueueMissing` (404),
 `QueueInUse` (another connection holds the queue exclusively), `Refused` (the broker
-nacked a publish) and `BrokerError` (anything else: the connection is unusable). After a 404, 403 or 405 the broker closes the channel; the `Channel`
-wrapper opens a fresh one on the same connection, so the caller can go on.
+nacked a publish) and `BrokerError` (anything else: the connection is unusable). After
+a 404, 403 or 405 the broker closes the channel; the `Channel` wrapper opens a fresh
+one on the same connection, so the caller can go on.
 
 pika's BlockingConnection must never be shared between threads or greenlets, so HTTP
 functions borrow whole connections from a small pool, one borrower at a time, and a

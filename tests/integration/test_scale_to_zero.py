@@ -86,8 +86,12 @@ def test_many_busy_lanes_grow_the_workers_to_the_templates_max(stack: Stack) -> 
     # holds reaches the autoscaler through the management API's figures (refreshed every
     # second, read every second) or the workers' waiting signal (one more every 2.5 s).
     wait_until(lambda: len(stack.worker_pids()) == 4, timeout=20, what="four workers")
-    time.sleep(1)
-    assert len(stack.worker_pids()) == 4
+    # and never more, while the rest of the work runs (it may shrink again as lanes finish)
+    seen = []
+    for _ in range(10):
+        seen.append(len(stack.worker_pids()))
+        time.sleep(0.1)
+    assert max(seen) <= 4, seen
     for user, ids in zip(users, lanes, strict=True):
         user.wait_terminal(ids, timeout=60)
 

@@ -336,7 +336,6 @@ class PartitionSession:
         self._connection = open_connection(settings)
         self._exclusive = names.queue_type == "classic"
         self._partitions: dict[int, tuple[BlockingChannel, int]] = {}
-        self._delivered: set[int] = set()  # generations that delivered at least one message
         self.deliveries: deque[PartitionDelivery] = deque()
         self.control = Channel(self._connection)
         with self.control._translated():
@@ -425,19 +424,7 @@ class PartitionSession:
                 elif not wanted and name in self._shown:
                     self._signals.basic_cancel(self._shown.pop(name))
 
-    def standby(self) -> list[int]:
-        """Held quorum partitions that have another consumer and gave this one nothing:
-        this process joined second and is the inactive one (docs/design.md §4.3)."""
-        if self._exclusive:
-            return []
-        return [
-            index
-            for index, (_channel, generation) in self._partitions.items()
-            if generation not in self._delivered and self.control.counts(self._names.partition(index)).consumers > 1
-        ]
-
     def _on_message(self, index: int, generation: int, _channel: Any, method: Any, _props: Any, body: bytes) -> None:
-        self._delivered.add(generation)
         self.deliveries.append(PartitionDelivery(index, generation, method.delivery_tag, body))
 
     def wait(self, seconds: float, until: Callable[[], bool]) -> None:

@@ -478,8 +478,6 @@ class Dispatcher:
         self._report_lanes(seen)
         self._waiting_shown = seen.lanes_waiting > 0
         self._session.show(busy=seen.lanes_with_work > 0, waiting=self._waiting_shown)
-        for index in self._session.standby():
-            self._session.let_go(index)  # it gave us nothing: there is nothing to drop
         count = self._settings.lane_partitions
         share = math.ceil(count / self._session.workers())
         held = [p for p in self._session.held if p not in self._draining]

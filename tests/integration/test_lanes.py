@@ -62,7 +62,7 @@ def test_busy_lanes_take_turns_with_a_newcomer(api: Api, workers: Workers) -> No
     # Given one slot and a heavy user with a long backlog
     heavy = api.new_user("heavy")
     heavy_ids = [heavy.enqueue("sleep", {"ms": 20}) for _ in range(60)]
-    workers.start(1, WORKER_SLOTS="1", LANE_QUANTUM="4")
+    workers.start(1, WORKER_SLOTS="1")
     time.sleep(0.3)
 
     # When newcomers arrive behind that backlog

@@ -1,7 +1,7 @@
-"""The lane protocol: every lane is hashed to one of LANE_PARTITIONS
-durable queues, a partition is consumed by one worker process at a time, and that
-process runs the lanes it sees one request per lane at a time, taking turns.
-docs/design.md argues why this keeps every lane FIFO; this module is that argument in code.
+"""The lane protocol: every lane is hashed to one of LANE_PARTITIONS durable queues, a
+partition is consumed by one worker process at a time, and that process runs the lanes
+it sees one request per lane at a time, taking turns. docs/design.md argues why this
+keeps every lane FIFO; this module is that argument in code.
 
 Enqueue: one confirmed publish to the lane's partition. Its depth and `position` come
 from the process's ledger of the requests it accepted and has not heard settled.
@@ -16,6 +16,7 @@ step that frees the partition for the next holder.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -110,24 +111,29 @@ class LaneLedger:
     A request is entered before its publish, so two concurrent enqueues of one user
     cannot both pass the limit. Settles arrive on the settled feed; one lost there (a
     worker killed before it sent it) leaves an entry behind, so a lane that looks full
-    is confirmed first: `verify` drops entries whose outcome is recorded."""
+    is confirmed first: `verify` (a read by `_id`) drops its oldest entries whose outcome
+    is recorded — a few, at most once a second per lane, so that a client hammering a
+    full lane does not turn each refusal into database reads."""
+
+    VERIFIED_PER_LOOK = 3
+    LOOK_EVERY_SECONDS = 1.0
 
     def __init__(self, limit: int, verify: Callable[[str], bool]) -> None:
         self._limit = limit
         self._verify = verify
         self._open: dict[str, OrderedDict[str, None]] = {}
         self._owner: dict[str, str] = {}
+        self._looked_at: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def enter(self, user_id: str, request_id: str) -> int:
         """Count the request in its lane; returns how many of the lane's are ahead of it."""
         with self._lock:
             lane = self._open.setdefault(user_id, OrderedDict())
-            full = len(lane) >= self._limit
-            oldest = list(lane)[:50] if full else []
-        if full:
-            settled = [request for request in oldest if self._verify(request)]
-            self.settle(settled)
+            look = len(lane) >= self._limit and self._may_look(user_id)
+            oldest = list(itertools.islice(lane, self.VERIFIED_PER_LOOK)) if look else []
+        if oldest:
+            self.settle([request for request in oldest if self._verify(request)])  # reads outside the lock
         with self._lock:
             lane = self._open.setdefault(user_id, OrderedDict())
             if len(lane) >= self._limit:
@@ -135,6 +141,15 @@ class LaneLedger:
             lane[request_id] = None
             self._owner[request_id] = user_id
             return len(lane) - 1
+
+    def _may_look(self, user_id: str) -> bool:
+        now = time.monotonic()
+        if now - self._looked_at.get(user_id, float("-inf")) < self.LOOK_EVERY_SECONDS:
+            return False
+        if len(self._looked_at) > 10_000:
+            self._looked_at.clear()
+        self._looked_at[user_id] = now
+        return True
 
     def settle(self, request_ids: Iterable[str]) -> None:
         with self._lock:

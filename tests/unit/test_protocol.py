@@ -110,6 +110,17 @@ def test_a_lost_settle_notice_is_repaired_before_refusing() -> None:
         ledger.enter("u", "r4")
 
 
+def test_a_full_lane_costs_a_few_reads_a_second_however_often_it_is_refused() -> None:
+    asked: list[str] = []
+    ledger = LaneLedger(limit=10, verify=lambda request: asked.append(request) is not None)
+    for index in range(10):
+        ledger.enter("u", f"r{index}")
+    for _ in range(50):
+        with pytest.raises(LaneFull):
+            ledger.enter("u", "more")
+    assert asked == ["r0", "r1", "r2"]  # the oldest few, once
+
+
 def test_bad_settle_notices_are_ignored() -> None:
     ledger = LaneLedger(limit=1, verify=lambda _request: False)
     ledger.enter("u", "r1")

@@ -390,6 +390,12 @@ class PartitionSession:
             with self.control._translated():
                 channel.close()
 
+    def holds(self, delivery: PartitionDelivery) -> bool:
+        """Whether the delivery's channel is still the partition's, open: a message that
+        arrived while its channel was being closed went back to the partition with it."""
+        channel, generation = self._partitions.get(delivery.partition, (None, 0))
+        return channel is not None and generation == delivery.generation and channel.is_open
+
     def forget_closed(self) -> list[tuple[int, int]]:
         """Partitions whose channel the broker closed (it gave their messages back already),
         as (partition, generation); they are no longer held."""

@@ -425,6 +425,10 @@ class Dispatcher:
             self._session.show(busy=True, waiting=self._waiting_shown)
         while deliveries:
             delivery = deliveries.popleft()
+            if not self._session.holds(delivery):
+                # Delivered on a channel closed since (a partition let go or lost): the
+                # broker has it back, and running this copy would run it ahead of its lane.
+                continue
             try:
                 message = LaneMessage.parse(delivery.body)
             except ValueError as error:

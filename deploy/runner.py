@@ -137,7 +137,10 @@ def nginx_config(
 ) -> str:
     upstreams, locations = [], []
     for function in template.http_functions:
-        upstreams.append(f"  upstream {function.name} {{ server 127.0.0.1:{ports[function.name]}; keepalive 32; }}")
+        # nginx must drop an idle connection before gunicorn does (its keepalive is 5 s):
+        # one reused as gunicorn closes it is reset, and the client would get a 503.
+        server = f"server 127.0.0.1:{ports[function.name]}"
+        upstreams.append(f"  upstream {function.name} {{ {server}; keepalive 32; keepalive_timeout 4s; }}")
         for route in function.routes:
             match = route.path if route.prefix else f"= {route.path}"
             locations.append(f"    location {match} {{ proxy_pass http://{function.name}; }}")

@@ -30,7 +30,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from lanes.errors import BrokerError
+from lanes.errors import BrokerError, retry_delay
 from lanes.settings import Settings
 
 # Half the heartbeat interval: a pooled connection idle longer is replaced, not lent.
@@ -407,11 +407,10 @@ class PartitionSession:
     def ack(self, delivery: PartitionDelivery) -> bool:
         """Acknowledge on the channel it came on; False if that channel is gone (the broker
         gave the message back, and its next holder finds the outcome recorded)."""
-        channel, generation = self._partitions.get(delivery.partition, (None, 0))
-        if channel is None or generation != delivery.generation or not channel.is_open:
+        if not self.holds(delivery):
             return False
         with self.control._translated():
-            channel.basic_ack(delivery.tag)
+            self._partitions[delivery.partition][0].basic_ack(delivery.tag)
         return True
 
     def announce_settled(self, body: bytes) -> None:
@@ -463,16 +462,16 @@ class SettledFeed:
         self._settings = settings
         self._names = names
         self._on_body = on_body
-        self._stop = False
 
     def run(self) -> None:
+        """For the life of the process."""
         failures = 0
-        while not self._stop:
+        while True:
             try:
                 self._listen()
             except Exception:  # noqa: BLE001 - any failure: reconnect after a pause
                 failures += 1
-                time.sleep(min(10.0, 0.25 * 2 ** min(failures, 6)))
+                time.sleep(retry_delay(failures))
 
     def _listen(self) -> None:
         connection = open_connection(self._settings)
@@ -482,13 +481,10 @@ class SettledFeed:
             queue_name = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
             channel.queue_bind(queue_name, self._names.settled)
             channel.basic_consume(queue_name, lambda _c, _m, _p, body: self._on_body(body), auto_ack=True)
-            while not self._stop:
+            while True:
                 connection.process_data_events(time_limit=1.0)
         finally:
             _close_quietly(connection)
-
-    def stop(self) -> None:
-        self._stop = True
 
 
 class Leadership:

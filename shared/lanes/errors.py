@@ -85,3 +85,9 @@ class BrokerError(Exception):
 
 class DatabaseError(Exception):
     """MongoDB failed; pymongo's connection errors are translated into this at the boundary."""
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds to wait before trying again after `failures` failures in a row: doubling from
+    0.5 s, at most 10 s, so an outage is not hammered and a short one costs little."""
+    return min(10.0, 0.25 * 2.0 ** min(failures, 6))

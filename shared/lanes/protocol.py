@@ -41,7 +41,7 @@ from lanes.broker import (
     encode,
     partition_arguments,
 )
-from lanes.errors import BrokerError, DatabaseError
+from lanes.errors import BrokerError, DatabaseError, retry_delay
 from lanes.settings import Settings
 
 if TYPE_CHECKING:
@@ -380,7 +380,7 @@ class Dispatcher:
                         self._idle += 1
                         self._scheduler.finished(self.reports.popleft().turn.lane)
                 return
-            self._stop.wait(min(10.0, 0.25 * 2 ** min(failures, 6)) * random.uniform(0.5, 1.0))
+            self._stop.wait(retry_delay(failures) * random.uniform(0.5, 1.0))
 
     def _serve(self) -> None:
         try:

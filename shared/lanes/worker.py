@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from lanes import metrics
 from lanes.actions import Registry, build_registry
 from lanes.db import connect, ensure_indexes
-from lanes.errors import DatabaseError
+from lanes.errors import DatabaseError, retry_delay
 from lanes.lifecycle import RequestRunner, Waiting
 from lanes.protocol import IDLE_SECONDS, Dispatcher, HandBack, LaneMessage, LanesSeen, Settled
 from lanes.requests import Requests
@@ -108,7 +108,7 @@ class Slot:
             except Exception:
                 log.exception("slot %d: unexpected error; trying again", self.index)
             failures += 1
-            self.waiting.wait(min(10.0, 0.25 * 2 ** min(failures, 6)), self.state.stop.is_set)
+            self.waiting.wait(retry_delay(failures), self.state.stop.is_set)
             if self.state.stop.is_set():
                 return False
 

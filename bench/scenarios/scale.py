@@ -22,7 +22,7 @@ from bench.lanes_stack import TERMINAL, Workers, epoch, lanes_env, worker_env
 from bench.procs import STOP
 from lanes.broker import ChannelPool
 from lanes.db import connect, ensure_indexes
-from lanes.protocol import LaneLedger, PartitionPublisher
+from lanes.lane.admission import LaneLedger, PartitionPublisher
 from lanes.queueing import Enqueuer
 from lanes.requests import Requests
 from lanes.settings import Settings

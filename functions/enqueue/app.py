@@ -9,8 +9,8 @@ from lanes.actions import build_registry
 from lanes.broker import ChannelPool, check_connection
 from lanes.db import connect, ensure_indexes, ping
 from lanes.errors import DatabaseError
+from lanes.lane.admission import partition_publisher
 from lanes.logs import configure_logging
-from lanes.protocol import partition_publisher
 from lanes.queueing import Enqueuer
 from lanes.ratelimit import RateLimiter
 from lanes.requests import Requests, public_view

@@ -15,7 +15,7 @@ from typing import Any
 from lanes.broker import ChannelPool
 from lanes.db import connect, iso
 from lanes.errors import LanesError
-from lanes.protocol import LaneLedger, PartitionPublisher
+from lanes.lane.admission import LaneLedger, PartitionPublisher
 from lanes.queueing import Enqueuer
 from lanes.requests import Requests, request_data
 from lanes.revocations import Revocations

@@ -80,7 +80,7 @@ class QueueNames:
         return f"{self.prefix}.sweeper"
 
     def partition(self, index: int) -> str:
-        """One of the fixed queues every lane is hashed to (lanes.protocol)."""
+        """One of the fixed queues every lane is hashed to (lanes.lane)."""
         return f"{self.prefix}.partition.{index}"
 
     @property
@@ -139,7 +139,7 @@ def check_connection(settings: Settings) -> None:
 
 def partition_arguments(settings: Settings) -> dict[str, Any]:
     """A partition lives for ever (no expiry: it is one of a fixed few) and has no length
-    limit: a lane's depth is counted per lane (lanes.protocol.LaneLedger).
+    limit: a lane's depth is counted per lane (lanes.lane.admission.LaneLedger).
 
     A quorum queue does not enforce exclusive consumers, so a quorum partition is a
     single-active-consumer queue: a worker that joins beside the holder receives nothing

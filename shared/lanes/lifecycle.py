@@ -25,7 +25,8 @@ from typing import Any
 
 from lanes import metrics
 from lanes.actions import ActionContext, ActionFailed, Registry
-from lanes.protocol import HandBack, LaneMessage, as_record
+from lanes.lane.dispatcher import HandBack
+from lanes.lane.messages import LaneMessage, as_record
 from lanes.requests import Outcome, Requests, accepted_at, stored_value
 from lanes.settings import Settings
 

@@ -22,7 +22,8 @@ from typing import Any
 
 from lanes.errors import BrokerError, DatabaseError, TooManyRequests, Unavailable
 from lanes.faults import maybe_crash
-from lanes.protocol import LaneFull, LaneMessage, PartitionPublisher
+from lanes.lane.admission import LaneFull, PartitionPublisher
+from lanes.lane.messages import LaneMessage
 from lanes.requests import Requests, accepted_at, body_fingerprint, new_request_id, store_value
 from lanes.settings import Settings
 from lanes.validation import EnqueueBody

@@ -50,7 +50,7 @@ class Settings:
     enable_fail_action: bool = False
 
     worker_slots: int = 4
-    # Lanes are hashed to this many queues (lanes.protocol), each held by one worker
+    # Lanes are hashed to this many queues (lanes.lane), each held by one worker
     # process at a time: the most worker processes that can share the work. Changing it
     # moves lanes between partitions, so it is set once per deployment (docs/scaling.md).
     lane_partitions: int = 16

@@ -1,6 +1,6 @@
 """The worker: a process of WORKER_SLOTS slots, each running one request at a time.
 
-The process's dispatcher (`lanes.protocol.Dispatcher`, in a thread of its own) holds a
+The process's dispatcher (`lanes.lane.dispatcher.Dispatcher`, in a thread of its own) holds a
 share of the partitions and hands the slots one request of one lane at a time, lanes
 taking turns; a slot runs it to its outcome (`lanes.lifecycle`) and reports back, and
 only then is the message acknowledged and the lane's next request started.
@@ -20,8 +20,10 @@ from lanes import metrics
 from lanes.actions import Registry, build_registry
 from lanes.db import connect, ensure_indexes
 from lanes.errors import DatabaseError, retry_delay
+from lanes.lane.dispatcher import IDLE_SECONDS, Dispatcher, HandBack, Settled
+from lanes.lane.messages import LaneMessage
+from lanes.lane.scheduler import LanesSeen
 from lanes.lifecycle import RequestRunner, Waiting
-from lanes.protocol import IDLE_SECONDS, Dispatcher, HandBack, LaneMessage, LanesSeen, Settled
 from lanes.requests import Requests
 from lanes.settings import Settings
 from lanes.sweeper import start_sweeper

@@ -28,7 +28,7 @@ import pika
 import pytest
 
 from lanes.broker import QueueNames, partition_arguments
-from lanes.protocol import LaneMessage, partition_of
+from lanes.lane.messages import LaneMessage, partition_of
 from lanes.requests import new_request_id
 from lanes.settings import Settings
 from tests.conftest import ROOT, Workers

@@ -17,8 +17,9 @@ import pytest
 
 from lanes.broker import ChannelPool, PartitionSession, QueueNames, partition_arguments
 from lanes.db import connect
+from lanes.lane.admission import LaneLedger, PartitionPublisher
+from lanes.lane.messages import LaneMessage, partition_of
 from lanes.lanestats import LaneStats, Snapshot
-from lanes.protocol import LaneLedger, LaneMessage, PartitionPublisher, partition_of
 from lanes.queueing import Enqueuer
 from lanes.requests import Requests, new_request_id
 from lanes.settings import Settings

@@ -17,8 +17,8 @@ from flask.testing import FlaskClient
 from deploy.template import ROOT
 from lanes.broker import QueueNames
 from lanes.db import connect
+from lanes.lane.messages import partition_of
 from lanes.passwords import PasswordHasher
-from lanes.protocol import partition_of
 from lanes.settings import Settings
 from lanes.tokens import TokenService, ensure_local_keys
 from lanes.users import Users

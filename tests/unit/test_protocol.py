@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from lanes.broker import PartitionDelivery
-from lanes.protocol import LaneFull, LaneLedger, LaneMessage, LaneScheduler, Turn, partition_of
+from lanes.lane.admission import LaneFull, LaneLedger
+from lanes.lane.messages import LaneMessage, partition_of
+from lanes.lane.scheduler import LaneScheduler, Turn
 
 
 def turn(lane: str, request: str, partition: int = 0, generation: int = 1) -> Turn:

@@ -10,7 +10,7 @@ import pytest
 
 from lanes.db import connect
 from lanes.errors import AuthError
-from lanes.protocol import LaneMessage
+from lanes.lane.messages import LaneMessage
 from lanes.settings import Settings
 from lanes.tokens import TokenService
 

@@ -1,0 +1,279 @@
+"""A worker process's broker side: the partitions it holds, the scheduler it feeds, and
+the acknowledgements of what its slots settled."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lanes.broker import PartitionDelivery, PartitionSession, QueueNames
+from lanes.errors import BrokerError, retry_delay
+from lanes.lane.messages import LaneMessage, partition_of
+from lanes.lane.scheduler import LaneScheduler, LanesSeen, Turn
+from lanes.settings import Settings
+
+log = logging.getLogger("lanes.lane")
+
+# How often a worker process looks at how many processes share the partitions.
+BALANCE_SECONDS = 1.0
+# How long an idle slot waits for a turn before it looks whether the worker stops.
+IDLE_SECONDS = 0.5
+# The settled feed is sent at most this often, and at once past this many ids.
+SETTLED_FLUSH_SECONDS = 0.02
+SETTLED_FLUSH_IDS = 500
+
+
+class HandBack(Exception):
+    """The worker is stopping between two attempts of a request: return it to its lane."""
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What a slot reports for a turn: settled (ack it) or handed back (leave it unacked)."""
+
+    turn: Turn
+    settled: bool
+
+
+class Dispatcher:
+    """A worker process's broker side, in a thread of its own (the only one that touches
+    the connection): holds partitions, feeds the scheduler, hands turns to idle slots,
+    acknowledges what they settle, and announces it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        stop: threading.Event,
+        slots: int,
+        report_lanes: Callable[[LanesSeen], None] = lambda _seen: None,
+    ) -> None:
+        self._settings = settings
+        self._report_lanes = report_lanes
+        self._names = QueueNames.of(settings)
+        self._stop = stop
+        self._session: PartitionSession = _NotConnected()  # type: ignore[assignment]
+        self._scheduler = LaneScheduler()
+        self._idle = slots
+        self._draining: set[int] = set()
+        self._handed_back: set[str] = set()
+        self._waiting_shown = False
+        self._balanced_at = float("-inf")
+        self._announce: list[str] = []
+        self._announce_since = 0.0
+        self.turns: deque[Turn] = deque()  # handed to slots, taken by `take_turn`
+        self._turns_ready = threading.Condition()
+        self.reports: deque[Settled] = deque()
+
+    # -- called from slot threads ---------------------------------------------------------
+
+    def take_turn(self, timeout: float) -> Turn | None:
+        with self._turns_ready:
+            if not self.turns:
+                self._turns_ready.wait(timeout)
+            return self.turns.popleft() if self.turns else None
+
+    def report(self, settled: Settled) -> None:
+        self.reports.append(settled)
+        self._session.wake()
+
+    # -- the main loop --------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until stopped and every running request has settled or been handed back.
+
+        A lost connection costs the process its partitions (the broker gives their messages
+        back); it reconnects, and a lane whose request still runs in a slot stays running,
+        so its redelivered head waits behind it and is then found settled."""
+        failures = 0
+        while True:
+            try:
+                self._session = PartitionSession(self._settings, self._names)
+                self._balanced_at = float("-inf")
+                self._serve()
+                return
+            except BrokerError as error:
+                failures += 1
+                log.warning("worker lost the broker: %r; reconnecting", error)
+            self._session.close()
+            self._scheduler.drop(lambda _delivery: True)
+            self._draining.clear()
+            if self._stop.is_set():
+                self._take_back_undelivered_turns()
+                # Nothing can be acknowledged now: the broker has every message back, and
+                # a settled one is found settled by its next holder.
+                while self._scheduler.running:
+                    time.sleep(0.05)
+                    while self.reports:
+                        self._idle += 1
+                        self._scheduler.finished(self.reports.popleft().turn.lane)
+                return
+            self._stop.wait(retry_delay(failures) * random.uniform(0.5, 1.0))
+
+    def _serve(self) -> None:
+        try:
+            while not self._stop.is_set() or self._scheduler.running:
+                self._session.wait(self._wait_seconds(), self._has_news)
+                self._settle_reports()
+                self._take_deliveries()
+                self._forget_lost()
+                if self._stop.is_set():
+                    self._take_back_undelivered_turns()
+                else:
+                    self._balance()
+                    self._dispatch()
+                self._flush_announcements()
+        finally:
+            self._flush_announcements(force=True)
+            self._session.close()  # every unacknowledged message goes back to its partition
+
+    def _take_back_undelivered_turns(self) -> None:
+        with self._turns_ready:
+            while self.turns:
+                turn = self.turns.popleft()
+                self._scheduler.running.discard(turn.lane)
+                self._idle += 1
+
+    def _has_news(self) -> bool:
+        session = self._session
+        return bool(self.reports or session.deliveries) or (self._stop.is_set() and not self._scheduler.running)
+
+    def _wait_seconds(self) -> float:
+        """Until the next balance (at once after connecting) or the settled feed's flush."""
+        wait = max(0.0, self._balanced_at + BALANCE_SECONDS - time.monotonic())
+        if self._announce:
+            wait = min(wait, max(0.0, self._announce_since + SETTLED_FLUSH_SECONDS - time.monotonic()))
+        return wait
+
+    def _take_deliveries(self) -> None:
+        deliveries = self._session.deliveries
+        if deliveries:
+            # Busy at once (the next balance may be a second away): an autoscaler about to
+            # stop this idle-looking worker must see the work it was just given.
+            self._session.show(busy=True, waiting=self._waiting_shown)
+        while deliveries:
+            delivery = deliveries.popleft()
+            if not self._session.holds(delivery):
+                # Delivered on a channel closed since (a partition let go or lost): the
+                # broker has it back, and running this copy would run it ahead of its lane.
+                continue
+            try:
+                message = LaneMessage.parse(delivery.body)
+            except ValueError as error:
+                log.warning("dropping a malformed lane message: %s", error)
+                self._session.ack(delivery)
+                continue
+            self._scheduler.add(Turn(message.user_id, delivery, message))
+
+    def _settle_reports(self) -> None:
+        while self.reports:
+            report = self.reports.popleft()
+            self._idle += 1
+            if not report.settled:
+                # Stopping between two attempts: its message goes back when we close, and
+                # none of its lane's runs here meanwhile.
+                self._handed_back.add(report.turn.lane)
+                self._scheduler.finished(report.turn.lane)
+                continue
+            # Settled first: should the ack fail with the connection, the broker gives the
+            # message back and its next delivery is found settled.
+            self._scheduler.finished(report.turn.lane)
+            self._session.ack(report.turn.delivery)
+            if not self._announce:
+                self._announce_since = time.monotonic()
+            self._announce.append(report.turn.message.request_id)
+            partition = report.turn.delivery.partition
+            if partition in self._draining and not self._running_in(partition):
+                self._let_go(partition)
+
+    def _forget_lost(self) -> None:
+        for partition, generation in self._session.forget_closed():
+            log.warning("the broker closed partition %d's channel; its messages went back", partition)
+            self._scheduler.drop(_of_incarnation(partition, generation))
+
+    def _dispatch(self) -> None:
+        handed = False
+        while self._idle > 0:
+            turn = self._scheduler.next(self._may_run)
+            if turn is None:
+                break
+            self._idle -= 1
+            with self._turns_ready:
+                self.turns.append(turn)
+                self._turns_ready.notify()
+            handed = True
+        if handed:
+            self._session.wake()
+
+    def _may_run(self, lane: str) -> bool:
+        partition = partition_of(lane, self._settings.lane_partitions)
+        return partition not in self._draining and lane not in self._handed_back
+
+    def _running_in(self, partition: int) -> bool:
+        count = self._settings.lane_partitions
+        return any(partition_of(lane, count) == partition for lane in self._scheduler.running)
+
+    # -- holding partitions ---------------------------------------------------------------
+
+    def _balance(self) -> None:
+        """Hold a fair share of the partitions: take free ones up to it, let extra ones go."""
+        now = time.monotonic()
+        if now - self._balanced_at < BALANCE_SECONDS:
+            return
+        self._balanced_at = now
+        seen = self._scheduler.summary()
+        self._report_lanes(seen)
+        self._waiting_shown = seen.lanes_waiting > 0
+        self._session.show(busy=seen.lanes_with_work > 0, waiting=self._waiting_shown)
+        count = self._settings.lane_partitions
+        share = math.ceil(count / self._session.workers())
+        held = [p for p in self._session.held if p not in self._draining]
+        if len(held) < share:
+            start = random.randrange(count)
+            for index in [(start + i) % count for i in range(count)]:
+                if len(held) >= share:
+                    break
+                if index not in self._session.held and self._session.take(index):
+                    held.append(index)
+        elif len(held) > share:
+            for index in held[share:]:
+                self._draining.add(index)
+                if not self._running_in(index):
+                    self._let_go(index)
+
+    def _let_go(self, partition: int) -> None:
+        self._draining.discard(partition)
+        self._session.let_go(partition)
+        self._scheduler.drop(lambda d: d.partition == partition)
+
+    def _flush_announcements(self, force: bool = False) -> None:
+        if not self._announce:
+            return
+        due = time.monotonic() - self._announce_since >= SETTLED_FLUSH_SECONDS
+        if force or due or len(self._announce) >= SETTLED_FLUSH_IDS:
+            body = json.dumps(self._announce, separators=(",", ":")).encode()
+            self._announce = []
+            try:
+                self._session.announce_settled(body)
+            except Exception as error:  # noqa: BLE001 - a hint: the ledgers verify before refusing
+                log.warning("could not announce settled requests: %r", error)
+
+
+def _of_incarnation(partition: int, generation: int) -> Callable[[PartitionDelivery], bool]:
+    return lambda delivery: delivery.partition == partition and delivery.generation == generation
+
+
+class _NotConnected:
+    """The session before the first connection: waking it does nothing."""
+
+    def wake(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -35,7 +35,11 @@ class Settings:
     jwt_public_key_file: str = ""
     jwt_key_id: str = "lanes-1"
     jwt_expires_seconds: int = 900
-    jwt_issuer: str = "lanes"
+    # The token's `iss` and `aud`. An empty issuer is this deployment's own
+    # (`lanes:<database>/<queue prefix>`), so a token of another deployment that shares the
+    # key is still refused; tokens from before `aud` existed are honoured until they expire.
+    jwt_issuer: str = ""
+    jwt_audience: str = "lanes-api"
 
     max_body_bytes: int = 65536
     sleep_max_ms: int = 10000
@@ -56,13 +60,25 @@ class Settings:
     lane_partitions: int = 16
     sweep_interval_seconds: float = 30.0
     log_level: str = "INFO"
-    # Login throttling: failures per username or client address within the window.
+    # Login throttling (lanes.throttle). LOGIN_MAX_FAILURES failures of one username from
+    # one client address within the window lock that pair (30 s, doubling up to
+    # LOGIN_LOCK_MAX_SECONDS). Beyond LOGIN_USERNAME_MAX_FAILURES failures of a username from
+    # anywhere, each attempt at it waits (0.25 s, doubling up to
+    # LOGIN_USERNAME_DELAY_MAX_SECONDS) and is never refused, so no one can lock the owner
+    # out. Each client address may try LOGIN_PER_ADDRESS_PER_MINUTE logins a minute, right
+    # or wrong (in each login process; 0 = off), refused before any password is hashed.
     login_max_failures: int = 5
     login_window_seconds: int = 900
     login_lock_max_seconds: int = 900
-    # Proxies whose X-Forwarded-For entries are believed, by address range (lanes.proxies):
-    # the local router by default; rendered manifests set each platform's (docs/security.md).
+    login_username_max_failures: int = 20
+    login_username_delay_max_seconds: float = 2.0
+    login_per_address_per_minute: int = 30
+    # Proxies whose X-Forwarded-For entries are believed (lanes.proxies): by address range,
+    # or, when TRUSTED_PROXY_HOPS is above 0, that many entries from the right behind a peer
+    # in those ranges. Only the local router (loopback) by default; docs/security.md says
+    # what to set on Knative and OpenFaaS.
     trusted_proxies: str = "127.0.0.1/32,::1/128"
+    trusted_proxy_hops: int = 0
     # How often a process reads what was revoked since its last look (lanes.revocations;
     # 0 = on every call): a token revoked elsewhere keeps working here at most this long.
     auth_cache_seconds: float = 5.0
@@ -77,6 +93,10 @@ class Settings:
     enqueue_rate_per_second: float = 50.0
     enqueue_burst: int = 200
     register_per_minute: int = 60
+    # Calls of the status routes per user per second (a token bucket of STATUS_BURST in
+    # each status process; 0 = off).
+    status_rate_per_second: float = 20.0
+    status_burst: int = 200
     listing_result_max_bytes: int = 4096
 
     # Test-only fault injection, inert unless set: the probability that the enqueue
@@ -125,6 +145,7 @@ class Settings:
             "login_max_failures",
             "login_window_seconds",
             "login_lock_max_seconds",
+            "login_username_max_failures",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -145,12 +166,21 @@ class Settings:
             "enqueue_burst",
             "register_per_minute",
             "listing_result_max_bytes",
+            "trusted_proxy_hops",
+            "login_username_delay_max_seconds",
+            "login_per_address_per_minute",
+            "status_rate_per_second",
+            "status_burst",
         )
         for name in not_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.upper()} must not be negative")
         if 0 < self.retention_days < 1:
             raise ConfigError("RETENTION_DAYS must be 0 (keep) or at least 1: an Idempotency-Key holds 24 hours")
+        if self.status_rate_per_second > 0 and self.status_burst < 1:
+            raise ConfigError("STATUS_BURST must be at least 1 while STATUS_RATE_PER_SECOND is on")
+        if not self.jwt_audience.strip():
+            raise ConfigError("JWT_AUDIENCE must not be empty")
         if self.enqueue_rate_per_second > 0 and self.enqueue_burst < 1:
             raise ConfigError("ENQUEUE_BURST must be at least 1 while ENQUEUE_RATE_PER_SECOND is on")
         if not 0 <= self.auth_cache_seconds <= 60:
@@ -195,7 +225,13 @@ class Settings:
 
     @property
     def proxies(self) -> TrustedProxies:
-        return TrustedProxies(parse_networks(self.trusted_proxies))
+        return TrustedProxies(parse_networks(self.trusted_proxies), self.trusted_proxy_hops)
+
+    @property
+    def token_issuer(self) -> str:
+        """JWT_ISSUER, else this deployment's own: every function of one deployment shares
+        its database and queue prefix, and another deployment differs in one of them."""
+        return self.jwt_issuer or f"lanes:{self.database_name}/{self.queue_prefix}"
 
     @property
     def keys_dir(self) -> Path:

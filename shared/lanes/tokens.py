@@ -7,6 +7,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -16,6 +17,10 @@ from lanes.errors import AuthError, ConfigError
 from lanes.settings import Settings
 
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "jti", "usr"]
+# Tokens signed before `aud` and per-deployment issuers existed carried this issuer and no
+# audience. They are honoured when signed before this process started (so an upgrade logs
+# no one out) and only until they expire, JWT_EXPIRES_SECONDS (15 minutes) at most.
+LEGACY_ISSUER = "lanes"
 LEEWAY_SECONDS = 5
 # Tokens whose signature this process has checked, kept so a user's next call skips the
 # check (an EdDSA verify is ~0.3 ms of CPU); beyond this many, the memory starts over.
@@ -43,7 +48,9 @@ class TokenService:
 
     def __init__(self, settings: Settings, *, can_sign: bool = True) -> None:
         self._settings = settings
-        self._issuer = settings.jwt_issuer
+        self._issuer = settings.token_issuer
+        self._audience = settings.jwt_audience
+        self._started = int(time.time())
         self._expires = settings.jwt_expires_seconds
         self._kid = settings.jwt_key_id
         if settings.jwt_public_key_file:
@@ -73,6 +80,7 @@ class TokenService:
             "exp": now + self._expires,
             "jti": jti,
             "iss": self._issuer,
+            "aud": self._audience,
         }
         token = jwt.encode(claims, self._sign_key, algorithm=self.algorithm, headers={"kid": self._kid})
         return IssuedToken(access_token=token, expires_in=self._expires, jti=jti)
@@ -88,20 +96,38 @@ class TokenService:
         self._verified[token] = claims
         return claims
 
+    def _legacy(self, token: str, key: bytes) -> dict[str, Any]:
+        """The claims of a token signed before `aud` existed, or AuthError (see LEGACY_ISSUER)."""
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=[self.algorithm],
+            issuer=LEGACY_ISSUER,
+            options={"require": [*REQUIRED_CLAIMS, "iss"], "verify_aud": False},
+            leeway=LEEWAY_SECONDS,
+        )
+        if "aud" in claims or not isinstance(claims["iat"], int) or claims["iat"] > self._started:
+            raise AuthError("The token is not valid.", code="invalid_token")
+        return claims
+
     def _check(self, token: str) -> Claims:
         try:
             kid = jwt.get_unverified_header(token).get("kid", self._kid)
             key = self._verify_keys.get(kid) if isinstance(kid, str) else None
             if key is None:
                 raise AuthError("The token's signing key is unknown.", code="invalid_token")
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=[self.algorithm],
-                issuer=self._issuer,
-                options={"require": [*REQUIRED_CLAIMS, "iss"]},
-                leeway=LEEWAY_SECONDS,
-            )
+            try:
+                claims = jwt.decode(
+                    token,
+                    key,
+                    algorithms=[self.algorithm],
+                    issuer=self._issuer,
+                    audience=self._audience,
+                    options={"require": [*REQUIRED_CLAIMS, "iss", "aud"]},
+                    leeway=LEEWAY_SECONDS,
+                )
+            except (jwt.MissingRequiredClaimError, jwt.InvalidIssuerError):
+                claims = self._legacy(token, key)
         except jwt.ExpiredSignatureError:
             raise AuthError("The token has expired.", code="token_expired") from None
         except jwt.PyJWTError:

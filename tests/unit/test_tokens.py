@@ -59,7 +59,11 @@ def _forged(claims: dict[str, object], alg: str = "none") -> str:
 
 def _claims(**overrides: object) -> dict[str, object]:
     now = int(time.time())
-    return {"sub": "u1", "usr": "alice", "jti": "j", "iat": now, "exp": now + 60, "iss": "lanes", **overrides}
+    claims = {"sub": "u1", "usr": "alice", "jti": "j", "iat": now, "exp": now + 60, "iss": ISSUER, "aud": "lanes-api"}
+    return {**claims, **overrides}
+
+
+ISSUER = Settings().token_issuer
 
 
 @pytest.mark.parametrize(
@@ -73,6 +77,10 @@ def _claims(**overrides: object) -> dict[str, object]:
         jwt.encode(_claims(exp=int(time.time()) - 60), SECRET, algorithm="HS256"),
         jwt.encode({k: v for k, v in _claims().items() if k != "jti"}, SECRET, algorithm="HS256"),
         jwt.encode(_claims(iss="someone-else"), SECRET, algorithm="HS256"),
+        jwt.encode(_claims(aud="another-api"), SECRET, algorithm="HS256"),
+        jwt.encode({k: v for k, v in _claims().items() if k != "aud"}, SECRET, algorithm="HS256"),
+        # A token of another deployment that shares the key: its issuer names that deployment.
+        jwt.encode(_claims(iss=Settings(queue_prefix="staging").token_issuer), SECRET, algorithm="HS256"),
         jwt.encode(_claims(sub=42), SECRET, algorithm="HS256"),
         jwt.encode(_claims(), SECRET * 2, algorithm="HS512"),
     ],
@@ -115,9 +123,33 @@ def test_rotation_accepts_every_listed_key_by_its_kid(tmp_path: Path) -> None:
     assert verifier.verify(old_signer.issue("u1", "alice").access_token).user_id == "u1"
     assert verifier.verify(new_signer.issue("u2", "bob").access_token).user_id == "u2"
 
-    claims = {"sub": "u", "usr": "u", "jti": "j", "iat": int(time.time()), "exp": int(time.time()) + 60, "iss": "lanes"}
+    claims = _claims(sub="u", usr="u")
     mislabelled = jwt.encode(claims, new_private.read_bytes(), algorithm="EdDSA", headers={"kid": "old"})
     unknown = jwt.encode(claims, new_private.read_bytes(), algorithm="EdDSA", headers={"kid": "retired"})
     for token in (mislabelled, unknown):
         with pytest.raises(AuthError):
             verifier.verify(token)
+
+
+def test_tokens_name_this_deployment_and_the_api() -> None:
+    claims = jwt.decode(
+        TokenService(Settings(jwt_secret=SECRET)).issue("u1", "alice").access_token,
+        SECRET,
+        algorithms=["HS256"],
+        audience="lanes-api",
+    )
+    assert (claims["iss"], claims["aud"]) == ("lanes:lanes/lanes", "lanes-api")
+    assert Settings(jwt_issuer="https://lanes.example.org").token_issuer == "https://lanes.example.org"
+
+
+def test_tokens_from_before_the_audience_are_honoured_until_they_expire() -> None:
+    # Given a token as the previous version signed it (issuer `lanes`, no `aud`), before this process started
+    legacy = {k: v for k, v in _claims(iss="lanes", iat=int(time.time()) - 60).items() if k != "aud"}
+    verifier = TokenService(Settings(jwt_secret=SECRET))
+    assert verifier.verify(jwt.encode(legacy, SECRET, algorithm="HS256")).user_id == "u1"
+    # But one of that shape signed after the process started is no leftover of an upgrade
+    with pytest.raises(AuthError):
+        verifier.verify(jwt.encode({**legacy, "iat": int(time.time()) + 2, "jti": "k"}, SECRET, algorithm="HS256"))
+    # And an expired one stays expired
+    with pytest.raises(AuthError):
+        verifier.verify(jwt.encode({**legacy, "exp": int(time.time()) - 60, "jti": "l"}, SECRET, algorithm="HS256"))

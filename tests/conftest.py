@@ -50,6 +50,10 @@ def lanes_env(running_services: None, tmp_path_factory: pytest.TempPathFactory) 
         "JWT_PUBLIC_KEY_FILE": "",
         "JWT_PRIVATE_KEY_FILE": "",
         "WORKER_SLOTS": "4",
+        # A request killed mid-run waits out its attempt's deadline before it runs again
+        # (lanes.lane.fencing): short, for the tests' handlers of at most a few seconds.
+        "REQUEST_TIMEOUT_SECONDS": "6",
+        "FENCE_GRACE_SECONDS": "1",
         # Short, so that tests of revocation wait little; the bound itself is what they test.
         "AUTH_CACHE_SECONDS": "1",
         # The `fail` action is off by default; the tests use it for retries and dead letters.

@@ -56,6 +56,9 @@ def isolated_stack(tmp: Path, runner_args: list[str], **settings: str) -> Iterat
         "JWT_PUBLIC_KEY_FILE": "",
         "JWT_PRIVATE_KEY_FILE": "",
         "TEST_VHOST": vhost,
+        # A request killed mid-run waits out its attempt's deadline (lanes.lane.fencing).
+        "REQUEST_TIMEOUT_SECONDS": "6",
+        "FENCE_GRACE_SECONDS": "1",
         **settings,
     }
     port = free_port_block(5)

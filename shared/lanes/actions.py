@@ -11,6 +11,11 @@ Users add their own handlers with a module named in ACTIONS_MODULE that defines
         @registry.action("resize")
         def resize(data, context):
             return {"ok": True}
+
+`context.fence` is the token the attempt runs under (epoch, attempt, deadline;
+lanes.lane.fencing): a handler whose side effects must never be applied twice at once
+passes it on to the system it writes to, or checks `context.fence.valid()` before
+each write.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lanes.errors import ConfigError
+from lanes.lane.fencing import Fence
 from lanes.settings import Settings
 
 
@@ -33,6 +39,7 @@ class ActionContext:
     user_id: str
     attempt: int
     settings: Settings
+    fence: Fence | None = None  # None only outside a worker (tests calling a handler directly)
 
 
 Handler = Callable[[Any, ActionContext], Any]

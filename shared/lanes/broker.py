@@ -33,6 +33,9 @@ from pika.adapters.blocking_connection import BlockingChannel
 from lanes.errors import BrokerError, retry_delay
 from lanes.settings import Settings
 
+# The broker gives a silent connection's partitions away after this long (pika asks it
+# for this heartbeat timeout); a worker stops starting runs well before (lanes.lane.fencing).
+HEARTBEAT_SECONDS = 30
 # Half the heartbeat interval: a pooled connection idle longer is replaced, not lent.
 MAX_IDLE_SECONDS = 15.0
 
@@ -114,7 +117,7 @@ class Counts:
 
 def connection_parameters(settings: Settings) -> pika.URLParameters:
     params = pika.URLParameters(settings.rabbitmq_url)
-    params.heartbeat = 30
+    params.heartbeat = HEARTBEAT_SECONDS
     params.blocked_connection_timeout = 10
     params.connection_attempts = 1
     params.socket_timeout = 3
@@ -330,10 +333,12 @@ class PartitionSession:
 
     Used from one thread only (pika's rule); handler threads reach it through `wake`."""
 
-    def __init__(self, settings: Settings, names: QueueNames) -> None:
+    def __init__(self, settings: Settings, names: QueueNames, on_heard: Callable[[], None] = _nothing) -> None:
         self._settings = settings
         self._names = names
+        self._on_heard = on_heard
         self._connection = open_connection(settings)
+        self._bytes_heard = 0
         self._exclusive = names.queue_type == "classic"
         self._partitions: dict[int, tuple[BlockingChannel, int]] = {}
         self.deliveries: deque[PartitionDelivery] = deque()
@@ -440,8 +445,17 @@ class PartitionSession:
         deadline = time.monotonic() + seconds
         with self.control._translated():
             self._connection.process_data_events(time_limit=0)
+            self._note_heard()
             while not until() and (left := deadline - time.monotonic()) > 0:
                 self._connection.process_data_events(time_limit=left)
+                self._note_heard()
+
+    def _note_heard(self) -> None:
+        """Tell the fencing lease when the broker sent anything on a connection still open."""
+        received = self._connection._impl.bytes_received
+        if received != self._bytes_heard and self._connection.is_open:
+            self._bytes_heard = received
+            self._on_heard()
 
     def wake(self) -> None:
         """From any thread: make a `wait` in progress return and look at its condition."""

@@ -25,12 +25,17 @@ from typing import Any
 
 from lanes import metrics
 from lanes.actions import ActionContext, ActionFailed, Registry
-from lanes.lane.dispatcher import HandBack
+from lanes.db import now
+from lanes.lane.attempts import Attempts
+from lanes.lane.fencing import Fence, HandBack, Superseded, attempt_deadline
 from lanes.lane.messages import LaneMessage, as_record
-from lanes.requests import Outcome, Requests, accepted_at, stored_value
+from lanes.requests import Claim, Outcome, Requests, accepted_at, stored_value
 from lanes.settings import Settings
 
 log = logging.getLogger("lanes.worker")
+
+# How often a holder waiting out an earlier holder's attempt looks for its outcome.
+TAKE_OVER_POLL_SECONDS = 0.5
 
 
 class AttemptTimedOut(BaseException):
@@ -53,23 +58,35 @@ class RequestRunner:
     """Runs requests for one slot; its handler thread is the slot's own."""
 
     def __init__(
-        self, settings: Settings, registry: Registry, requests: Requests, stop: threading.Event, waiting: Waiting
+        self,
+        settings: Settings,
+        registry: Registry,
+        requests: Requests,
+        attempts: Attempts,
+        stop: threading.Event,
+        waiting: Waiting,
+        lease: Callable[[], bool] = lambda: True,
     ) -> None:
         self._settings = settings
         self._registry = registry
         self._requests = requests
+        self._attempts = attempts
         self._stop = stop
         self._waiting = waiting
+        self._lease = lease
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lanes-handler")
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def run(self, message: LaneMessage) -> None:
-        """Settle the request at the head of the lane: returns once its outcome is recorded."""
+    def run(self, message: LaneMessage, epoch: int) -> None:
+        """Settle the request at the head of the lane, as holder `epoch` of its partition:
+        returns once its outcome is recorded. Raises HandBack (stopping, or the broker lease
+        lapsed: nothing started) or Superseded (a later holder has the request)."""
+        self._hold_lease()
         record = as_record(message)
         record["created_at"] = datetime.fromtimestamp(accepted_at(message.request_id), UTC)
-        claim = self._requests.claim(message.request_id)
+        claim = self._requests.claim(message.request_id, epoch, self._deadline())
         if claim.by == "refused":
             return  # its enqueue answered 503: it never runs
         if claim.by != "worker":
@@ -80,47 +97,103 @@ class RequestRunner:
         record.update(started_at=claim.at, attempts=claim.attempts)
         if claim.fresh:
             metrics.request_started(record)
-        else:  # redelivered: an earlier holder started it and died, or this is a copy
+            fence: Fence | None = Fence(epoch, 1, claim.deadline or self._deadline())
+        else:  # an earlier holder started it, or this is a copy
             if self._requests.recorded_outcome(message.request_id) is not None:
                 return  # finished already: a finished request never runs again
             metrics.request_redelivered(record)
-            if claim.attempts >= self._settings.max_attempts:
-                self._give_up(record, "the worker stopped during every attempt")
-                return
-            record["attempts"] = claim.attempts + 1
-            self._requests.count_attempt(message.request_id, record["attempts"])
-        self._attempt_until_settled(record)
+            fence = self._take_over(record, claim, epoch)
+        if fence is not None:
+            self._attempt_until_settled(record, fence)
 
-    def _attempt_until_settled(self, record: dict[str, Any]) -> None:
+    def _take_over(self, record: dict[str, Any], claim: Claim, epoch: int) -> Fence | None:
+        """Go on with a request an earlier holder started: wait out its live attempt's
+        deadline (this lane only), then start the next attempt; None when it is settled."""
+        while True:
+            latest = self._attempts.latest(record["_id"], claim)
+            if max(claim.epoch, latest.epoch) > epoch:
+                raise Superseded
+            # This holding's own attempt is over: a lane runs in one slot of a process at a time,
+            # and this slot is that one (it is here again after a database failure).
+            over = latest.ended or latest.epoch == epoch
+            if not over and latest.deadline is not None and self._wait_out(record, latest.deadline):
+                return None  # its holder finished it meanwhile
+            record["attempts"] = latest.number
+            if latest.number >= self._settings.max_attempts:
+                self._give_up(record, "the worker stopped during every attempt")
+                return None
+            fence = self._start_attempt(record, latest.number + 1, epoch)
+            if fence is not None:
+                return fence
+            claim = self._requests.claim(record["_id"], epoch, self._deadline())  # someone started it: look again
+
+    def _wait_out(self, record: dict[str, Any], deadline: datetime) -> bool:
+        """Wait until the deadline passes or an outcome is recorded (True)."""
+        while (left := (deadline - datetime.now(UTC)).total_seconds()) > 0:
+            if self._requests.recorded_outcome(record["_id"]) is not None:
+                return True
+            self._waiting.wait(min(left, TAKE_OVER_POLL_SECONDS), self._stop.is_set)
+            if self._stop.is_set():
+                raise HandBack
+        return self._requests.recorded_outcome(record["_id"]) is not None
+
+    def _start_attempt(self, record: dict[str, Any], number: int, epoch: int) -> Fence | None:
+        """Write attempt `number` down under this holder's fence; None if another started it."""
+        self._hold_lease()
+        deadline = self._deadline()
+        if not self._attempts.start(record["_id"], number, epoch, deadline):
+            return None
+        record["attempts"] = number
+        return Fence(epoch, number, deadline)
+
+    def _attempt_until_settled(self, record: dict[str, Any], fence: Fence) -> None:
         settings = self._settings
         while True:
-            attempt = record["attempts"]
+            self._hold_lease()
             started = time.monotonic()
-            ok, value = self._execute(record, attempt)
+            ok, value = self._execute(record, fence)
             duration = time.monotonic() - started
+            if not fence.valid():
+                # Past its deadline (the process was paused, or the handler ignored its time
+                # limit): a later holder may be running it now, so nothing of it is recorded.
+                ok, value = False, "the attempt ran past its deadline"
             metrics.attempt_finished(record, ok, duration)
             if ok:
                 self._finish(record, Outcome(status="done", result=value))
                 metrics.request_settled(record, "done")
-                log.info("request done", extra=_fields(record, "done", attempt, duration))
+                log.info("request done", extra=_fields(record, "done", fence.attempt, duration))
                 return
-            if attempt >= settings.max_attempts:
-                self._give_up(record, str(value))
-                return
+            if fence.attempt >= settings.max_attempts:
+                if fence.valid():
+                    self._give_up(record, str(value))
+                    return
+                raise Superseded  # its next holder decides, after the deadline
             metrics.request_retried(record)
-            log.info("request retrying", extra=_fields(record, "retrying", attempt, duration))
+            log.info("request retrying", extra=_fields(record, "retrying", fence.attempt, duration))
             # The lane waits for its head to settle, as an SQS FIFO group does.
-            backoff = settings.retry_backoff_seconds * 2 ** (attempt - 1)
+            backoff = settings.retry_backoff_seconds * 2 ** (fence.attempt - 1)
             self._waiting.wait(backoff, self._stop.is_set)
             if self._stop.is_set():
+                self._attempts.end(record["_id"], fence.attempt)
                 raise HandBack  # the partition's next holder goes on with the next attempt
-            record["attempts"] = attempt + 1
-            self._requests.count_attempt(record["_id"], record["attempts"])
+            next_fence = self._start_attempt(record, fence.attempt + 1, fence.epoch)
+            if next_fence is None:
+                raise Superseded
+            fence = next_fence
+
+    def _hold_lease(self) -> None:
+        if self._stop.is_set() or not self._lease():
+            raise HandBack
+
+    def _deadline(self) -> datetime:
+        return attempt_deadline(now(), self._settings.request_timeout_seconds, self._settings.fence_grace_seconds)
 
     def _finish(self, record: dict[str, Any], outcome: Outcome) -> None:
         self._requests.finish(
             record["_id"], record["user_id"], outcome, record["attempts"], record["action"], record.get("started_at")
         )
+        if record["attempts"] > 1:
+            self._attempts.forget(record["_id"], record["attempts"])
 
     def _give_up(self, record: dict[str, Any], error: str) -> None:
         self._finish(record, Outcome(status="failed", error=error))
@@ -129,14 +202,18 @@ class RequestRunner:
         metrics.request_dead_lettered(record)
         log.info("request failed", extra=_fields(record, "failed", record["attempts"]))
 
-    def _execute(self, record: dict[str, Any], attempt: int) -> tuple[bool, Any]:
+    def _execute(self, record: dict[str, Any], fence: Fence) -> tuple[bool, Any]:
         """Run the action in the handler thread; the slot waits for it and
         is woken the moment the handler returns."""
         handler = self._registry.get(record["action"])
         if handler is None:
             return False, f"unknown action {record['action']!r}"
         context = ActionContext(
-            request_id=record["_id"], user_id=record["user_id"], attempt=attempt, settings=self._settings
+            request_id=record["_id"],
+            user_id=record["user_id"],
+            attempt=fence.attempt,
+            settings=self._settings,
+            fence=fence,
         )
         thread_ident: list[int] = []
 

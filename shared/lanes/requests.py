@@ -133,6 +133,11 @@ class Claim:
     at: datetime | None
     attempts: int
     fresh: bool  # True when this call inserted it
+    # The fence of its first attempt (lanes.lane.fencing), and the last attempt its
+    # holder said was over.
+    epoch: int = 0
+    deadline: datetime | None = None
+    ended: int = 0
 
 
 class Requests:
@@ -276,31 +281,34 @@ class Requests:
             return existing.get("by") != "worker"
         return True
 
-    def _claim_for(self, request_id: str, claimant: str) -> Claim:
+    def _claim_for(self, request_id: str, claimant: str, fence: dict[str, Any] | None = None) -> Claim:
         """Insert a claim for `claimant`; returns the request's claim, whoever holds it."""
         at = now()
+        claim = {"_id": request_id, "by": claimant, "at": at, "attempts": 1, **(fence or {})}
+        existing: dict[str, Any] | None = claim
         try:
-            self._inserts.insert(self._claims, {"_id": request_id, "by": claimant, "at": at, "attempts": 1})
-            return Claim(by=claimant, at=at, attempts=1, fresh=True)
+            self._inserts.insert(self._claims, claim)
         except DuplicateKeyError:
             existing = self._claims.find_one({"_id": request_id})
         if existing is None:  # removed in between (cannot happen while the request is open)
-            return self._claim_for(request_id, claimant)
-        attempts = int(existing.get("attempts", 1))
-        return Claim(by=str(existing["by"]), at=existing.get("at"), attempts=attempts, fresh=False)
+            return self._claim_for(request_id, claimant, fence)
+        return Claim(
+            by=str(existing["by"]),
+            at=existing.get("at"),
+            attempts=int(existing.get("attempts", 1)),
+            fresh=existing is claim,
+            epoch=int(existing.get("epoch", 0)),
+            deadline=existing.get("deadline"),
+            ended=int(existing.get("ended", 0)),
+        )
 
     # -- the worker side ----------------------------------------------------------
 
     @translate_errors
-    def claim(self, request_id: str) -> Claim:
-        """Start the request's first attempt, or find who started it before (a cancel, or a
-        holder that died: then `fresh` is False and `attempts` counts its attempts)."""
-        return self._claim_for(request_id, "worker")
-
-    @translate_errors
-    def count_attempt(self, request_id: str, attempts: int) -> None:
-        """A further attempt begins. Only the lane's holder writes a started claim."""
-        self._claims.update_one({"_id": request_id}, {"$set": {"attempts": attempts}})
+    def claim(self, request_id: str, epoch: int, deadline: datetime) -> Claim:
+        """Start the request's first attempt under a fence (lanes.lane.fencing), or find who
+        started it before (a cancel, or an earlier holder: then `fresh` is False)."""
+        return self._claim_for(request_id, "worker", {"epoch": epoch, "deadline": deadline})
 
     @translate_errors
     def recorded_outcome(self, request_id: str) -> dict[str, Any] | None:

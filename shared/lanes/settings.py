@@ -47,6 +47,10 @@ class Settings:
     retry_backoff_seconds: float = 0.5
     lane_depth_limit: int = 1000
     request_timeout_seconds: float = 60.0
+    # An attempt's deadline is REQUEST_TIMEOUT_SECONDS past its start plus this: room for the
+    # holder to interrupt its handler, and for the clocks of two hosts to differ. A new
+    # holder waits until then before it runs the attempt again (lanes.lane.fencing).
+    fence_grace_seconds: float = 5.0
     retry_after_seconds: int = 5
     actions_module: str = ""
     # Off: any account could fill the dead letters and fire alerts. The local runner
@@ -138,6 +142,7 @@ class Settings:
             "max_attempts",
             "lane_depth_limit",
             "request_timeout_seconds",
+            "fence_grace_seconds",
             "retry_after_seconds",
             "worker_slots",
             "lane_partitions",

@@ -20,9 +20,10 @@ from lanes import metrics
 from lanes.actions import Registry, build_registry
 from lanes.db import connect, ensure_indexes
 from lanes.errors import DatabaseError, retry_delay
-from lanes.lane.dispatcher import IDLE_SECONDS, Dispatcher, HandBack, Settled
-from lanes.lane.messages import LaneMessage
-from lanes.lane.scheduler import LanesSeen
+from lanes.lane.attempts import Attempts
+from lanes.lane.dispatcher import IDLE_SECONDS, Dispatcher, Settled
+from lanes.lane.fencing import HandBack, Superseded
+from lanes.lane.scheduler import LanesSeen, Turn
 from lanes.lifecycle import RequestRunner, Waiting
 from lanes.requests import Requests
 from lanes.settings import Settings
@@ -38,6 +39,7 @@ class WorkerState:
     settings: Settings
     registry: Registry
     requests: Requests
+    attempts: Attempts
     stop: threading.Event = field(default_factory=threading.Event)
     wake_slots: list[Callable[[], None]] = field(default_factory=list)
     busy: int = 0
@@ -78,7 +80,13 @@ class Slot:
     def run(self) -> None:
         state = self.state
         runner = RequestRunner(
-            state.settings, state.registry, state.requests, state.stop, Waiting(self.waiting.wait, self.waiting.wake)
+            state.settings,
+            state.registry,
+            state.requests,
+            state.attempts,
+            state.stop,
+            Waiting(self.waiting.wait, self.waiting.wake),
+            lease=self.dispatcher.lease.holds,
         )
         try:
             while not state.stop.is_set():
@@ -87,24 +95,28 @@ class Slot:
                     continue
                 state.slot_busy(+1)
                 try:
-                    settled = self._settle(runner, turn.message)
+                    report = self._settle(runner, turn)
                 finally:
                     state.slot_busy(-1)
-                self.dispatcher.report(Settled(turn, settled))
+                self.dispatcher.report(report)
         finally:
             runner.close()
 
-    def _settle(self, runner: RequestRunner, message: LaneMessage) -> bool:
-        """Run the request until its outcome is recorded (True), or until the worker stops
-        between two attempts (False: it goes back to its partition). A database outage
-        is waited out here: the lane's next request must not start meanwhile."""
+    def _settle(self, runner: RequestRunner, turn: Turn) -> Settled:
+        """Run the request until its outcome is recorded, or until it goes back to its
+        partition: the worker stops or lost its broker lease (handed back), or a later
+        holder has it (lost). A database outage is waited out here: the lane's next
+        request must not start meanwhile."""
         failures = 0
         while True:
             try:
-                runner.run(message)
-                return True
+                runner.run(turn.message, turn.epoch)
+                return Settled(turn, settled=True)
             except HandBack:
-                return False
+                return Settled(turn, settled=False)
+            except Superseded:
+                log.warning("slot %d: a later holder has request %s", self.index, turn.message.request_id)
+                return Settled(turn, settled=False, lost=True)
             except DatabaseError as error:
                 log.warning("slot %d: %r; trying again", self.index, error)
             except Exception:
@@ -112,7 +124,7 @@ class Slot:
             failures += 1
             self.waiting.wait(retry_delay(failures), self.state.stop.is_set)
             if self.state.stop.is_set():
-                return False
+                return Settled(turn, settled=False)
 
 
 def _report_lanes(seen: LanesSeen) -> None:
@@ -130,8 +142,11 @@ def create_worker(settings: Settings) -> tuple[WorkerState, list[Callable[[], No
         settings=settings,
         registry=build_registry(settings),
         requests=Requests(db),
+        attempts=Attempts(db),
     )
-    dispatcher = Dispatcher(settings, state.stop, settings.worker_slots, report_lanes=_report_lanes)
+    dispatcher = Dispatcher(
+        settings, state.stop, settings.worker_slots, draw_epoch=state.attempts.draw_epoch, report_lanes=_report_lanes
+    )
     slots = [Slot(i, state, dispatcher) for i in range(settings.worker_slots)]
     state.wake_slots = [slot.waiting.wake for slot in slots]
     return state, [dispatcher.run] + [slot.run for slot in slots]

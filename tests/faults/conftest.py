@@ -13,7 +13,7 @@ import pymongo
 import pytest
 
 from deploy.services import FerretDB, RabbitMQ
-from tests.conftest import Workers, running_stack
+from tests.conftest import ROOT, Workers, running_stack
 from tests.faults.traffic import Audit
 from tests.support import Api, free_port_block
 
@@ -51,6 +51,13 @@ def fault_env(private_services: tuple[RabbitMQ, FerretDB], tmp_path_factory: pyt
         "JWT_PRIVATE_KEY_FILE": "",
         "SWEEP_INTERVAL_SECONDS": "3",
         "RETRY_BACKOFF_SECONDS": "0.1",
+        # A request killed mid-run waits out its attempt's deadline before it runs again
+        # (lanes.lane.fencing): short, for handlers of at most a few seconds.
+        "REQUEST_TIMEOUT_SECONDS": "5",
+        "FENCE_GRACE_SECONDS": "1",
+        # The `journaled` action writes the handler journal that the fencing scenarios judge.
+        "ACTIONS_MODULE": "tests.faults.slow_actions",
+        "PYTHONPATH": str(ROOT),
         # The `fail` action is off by default; the tests use it for retries and dead letters.
         "ENABLE_FAIL_ACTION": "true",
     }

@@ -11,11 +11,12 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import requests
 
+from tests.faults.journal import Verdict
 from tests.support import TERMINAL, Api
 from tests.support_lanes import ordering_violations, outcome_counts
 
@@ -76,22 +77,39 @@ class Traffic:
 
 @dataclass(frozen=True)
 class Audit:
+    """What a scenario did to the requests it accepted, from their records and, where the
+    scenario keeps a handler journal, from what the handlers did (None: no journal)."""
+
     scenario: str
     accepted: int
     lost: int
     double_outcomes: int
     ordering_violations: int
     server_errors: int
+    overlapping_runs: int | None = None
+    runs_after_finish: int | None = None
+
+    def with_journal(self, verdict: Verdict) -> Audit:
+        return replace(
+            self,
+            ordering_violations=self.ordering_violations + verdict.out_of_order,
+            overlapping_runs=verdict.overlaps,
+            runs_after_finish=verdict.runs_after_finish,
+        )
 
     def row(self) -> str:
+        journal = [("-" if n is None else str(n)) for n in (self.overlapping_runs, self.runs_after_finish)]
         return (
             f"{self.scenario:<40} {self.accepted:>9} {self.lost:>5} {self.double_outcomes:>7} "
-            f"{self.ordering_violations:>9} {self.server_errors:>5}"
+            f"{self.ordering_violations:>9} {self.server_errors:>5} {journal[0]:>8} {journal[1]:>7}"
         )
 
     @staticmethod
     def header() -> str:
-        return f"{'scenario':<40} {'accepted':>9} {'lost':>5} {'doubles':>7} {'ordering':>9} {'5xx':>5}"
+        return (
+            f"{'scenario':<40} {'accepted':>9} {'lost':>5} {'doubles':>7} {'ordering':>9} {'5xx':>5} "
+            f"{'overlaps':>8} {'reruns':>7}"
+        )
 
 
 def settle(traffic: Traffic, timeout: float) -> list[list[dict[str, Any]]]:

@@ -39,7 +39,7 @@ def _finished(requests: Requests, user: str, status: str = "done", key: str | No
     if key is not None:
         requests.reserve_key(user, key, request_id, "fp")
     requests.create(request_id, user, "echo", "{}", "fp")
-    requests.claim(request_id)
+    requests.claim(request_id, 1, now())
     requests.finish(request_id, user, Outcome(status=status, result={"ok": True}), attempts=1)
     return request_id
 
@@ -63,7 +63,7 @@ def test_reaper_deletes_exactly_what_is_past_retention_and_nothing_open(fresh_db
     requests.create(queued, "u2", "echo", "{}", "fp")
     running = new_request_id()
     requests.create(running, "u3", "echo", "{}", "fp")
-    requests.claim(running)
+    requests.claim(running, 1, now())
     cancelled_without_outcome = new_request_id()
     requests.create(cancelled_without_outcome, "u4", "echo", "{}", "fp")
     db.claims.insert_one({"_id": cancelled_without_outcome, "by": "cancel", "at": now(), "attempts": 0})
@@ -144,7 +144,7 @@ def test_a_purged_request_answers_404_and_its_key_is_bound_anew(day_retention: t
     requests = Requests(db)
     requests.reserve_key(user_id, "once", old, body_fingerprint("echo", {"n": 1}))
     requests.create(old, user_id, "echo", "{}", "fp")
-    requests.claim(old)
+    requests.claim(old, 1, now())
     finished = now() - 2 * DAY
     db.outcomes.insert_one(
         {

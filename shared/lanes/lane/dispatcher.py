@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lanes.broker import PartitionDelivery, PartitionSession, QueueNames
-from lanes.errors import BrokerError, retry_delay
+from lanes.errors import BrokerError, DatabaseError, retry_delay
+from lanes.lane.fencing import BrokerLease
 from lanes.lane.messages import LaneMessage, partition_of
 from lanes.lane.scheduler import LaneScheduler, LanesSeen, Turn
 from lanes.settings import Settings
@@ -30,16 +31,13 @@ SETTLED_FLUSH_SECONDS = 0.02
 SETTLED_FLUSH_IDS = 500
 
 
-class HandBack(Exception):
-    """The worker is stopping between two attempts of a request: return it to its lane."""
-
-
 @dataclass(frozen=True)
 class Settled:
     """What a slot reports for a turn: settled (ack it) or handed back (leave it unacked)."""
 
     turn: Turn
     settled: bool
+    lost: bool = False  # a later holder has the request: the message went back already
 
 
 class Dispatcher:
@@ -52,9 +50,13 @@ class Dispatcher:
         settings: Settings,
         stop: threading.Event,
         slots: int,
+        draw_epoch: Callable[[str], int],
         report_lanes: Callable[[LanesSeen], None] = lambda _seen: None,
     ) -> None:
         self._settings = settings
+        self._draw_epoch = draw_epoch
+        self.lease = BrokerLease()
+        self._epochs: dict[int, int] = {}
         self._report_lanes = report_lanes
         self._names = QueueNames.of(settings)
         self._stop = stop
@@ -94,18 +96,22 @@ class Dispatcher:
         failures = 0
         while True:
             try:
-                self._session = PartitionSession(self._settings, self._names)
+                self._session = PartitionSession(self._settings, self._names, on_heard=self.lease.heard)
+                self.lease.heard()
                 self._balanced_at = float("-inf")
                 self._serve()
                 return
             except BrokerError as error:
                 failures += 1
                 log.warning("worker lost the broker: %r; reconnecting", error)
+            # Nothing more starts until a new connection hears the broker: its partitions
+            # may be another holder's already (lanes.lane.fencing).
+            self.lease.lost()
             self._session.close()
             self._scheduler.drop(lambda _delivery: True)
+            self._take_back_undelivered_turns()
             self._draining.clear()
             if self._stop.is_set():
-                self._take_back_undelivered_turns()
                 # Nothing can be acknowledged now: the broker has every message back, and
                 # a settled one is found settled by its next holder.
                 while self._scheduler.running:
@@ -169,17 +175,27 @@ class Dispatcher:
                 log.warning("dropping a malformed lane message: %s", error)
                 self._session.ack(delivery)
                 continue
-            self._scheduler.add(Turn(message.user_id, delivery, message))
+            self._scheduler.add(Turn(message.user_id, delivery, message, self._epochs.get(delivery.partition, 0)))
 
     def _settle_reports(self) -> None:
         while self.reports:
             report = self.reports.popleft()
             self._idle += 1
-            if not report.settled:
-                # Stopping between two attempts: its message goes back when we close, and
-                # none of its lane's runs here meanwhile.
-                self._handed_back.add(report.turn.lane)
+            if report.lost:
                 self._scheduler.finished(report.turn.lane)
+                if self._session.holds(report.turn.delivery):  # a holder beside us: leave it the partition
+                    self._draining.add(report.turn.delivery.partition)
+                continue
+            if not report.settled:
+                if self._stop.is_set():
+                    # Stopping between two attempts: its message goes back when we close,
+                    # and none of its lane's runs here meanwhile.
+                    self._handed_back.add(report.turn.lane)
+                    self._scheduler.finished(report.turn.lane)
+                elif self._session.holds(report.turn.delivery):
+                    self._scheduler.put_back(report.turn)  # the lease lapsed: again once it holds
+                else:
+                    self._scheduler.finished(report.turn.lane)  # the broker has it back
                 continue
             # Settled first: should the ack fail with the connection, the broker gives the
             # message back and its next delivery is found settled.
@@ -198,6 +214,8 @@ class Dispatcher:
             self._scheduler.drop(_of_incarnation(partition, generation))
 
     def _dispatch(self) -> None:
+        if not self.lease.holds():
+            return
         handed = False
         while self._idle > 0:
             turn = self._scheduler.next(self._may_run)
@@ -239,13 +257,26 @@ class Dispatcher:
             for index in [(start + i) % count for i in range(count)]:
                 if len(held) >= share:
                     break
-                if index not in self._session.held and self._session.take(index):
+                if index not in self._session.held and self._take(index):
                     held.append(index)
         elif len(held) > share:
             for index in held[share:]:
                 self._draining.add(index)
                 if not self._running_in(index):
                     self._let_go(index)
+
+    def _take(self, partition: int) -> bool:
+        """Take a free partition under a new holder epoch, drawn before consuming so that
+        everything this holding starts carries it."""
+        try:
+            epoch = self._draw_epoch(self._names.partition(partition))
+        except DatabaseError as error:
+            log.warning("cannot draw an epoch for partition %d: %r", partition, error)
+            return False
+        if not self._session.take(partition):
+            return False
+        self._epochs[partition] = epoch
+        return True
 
     def _let_go(self, partition: int) -> None:
         self._draining.discard(partition)

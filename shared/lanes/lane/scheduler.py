@@ -17,6 +17,7 @@ class Turn:
     lane: str
     delivery: PartitionDelivery
     message: LaneMessage
+    epoch: int = 0  # the holder epoch of the partition it was delivered from (lanes.lane.fencing)
 
 
 class LaneScheduler:
@@ -56,6 +57,12 @@ class LaneScheduler:
         self.running.discard(name)
         if name in self._lanes:
             self._round.append(name)
+
+    def put_back(self, turn: Turn) -> None:
+        """A running request that did not start (the broker lease lapsed): it is its lane's
+        head again, and the lane takes its turn at the back of the round."""
+        self._lanes.setdefault(turn.lane, deque()).appendleft(turn)
+        self.finished(turn.lane)
 
     def drop(self, lost: Callable[[PartitionDelivery], bool]) -> None:
         """Forget the waiting deliveries of a partition let go (the broker has them back)."""

@@ -33,9 +33,13 @@ from pika.adapters.blocking_connection import BlockingChannel
 from lanes.errors import BrokerError, retry_delay
 from lanes.settings import Settings
 
-# The broker gives a silent connection's partitions away after this long (pika asks it
-# for this heartbeat timeout); a worker stops starting runs well before (lanes.lane.fencing).
+# The heartbeat timeout pika asks for. RabbitMQ closes a connection it has heard nothing
+# on for two to three of these: a worker frozen behind a relay, with 30 s, lost its
+# partitions after 89 s (3.10.8).
 HEARTBEAT_SECONDS = 30
+# A worker's connection, whose partitions wait for it when it goes silent (20-30 s). Its
+# fencing lease lapses well before (lanes.lane.fencing.LEASE_SILENCE_SECONDS).
+WORKER_HEARTBEAT_SECONDS = 10
 # Half the heartbeat interval: a pooled connection idle longer is replaced, not lent.
 MAX_IDLE_SECONDS = 15.0
 
@@ -115,9 +119,9 @@ class Counts:
     consumers: int
 
 
-def connection_parameters(settings: Settings) -> pika.URLParameters:
+def connection_parameters(settings: Settings, heartbeat: int = HEARTBEAT_SECONDS) -> pika.URLParameters:
     params = pika.URLParameters(settings.rabbitmq_url)
-    params.heartbeat = HEARTBEAT_SECONDS
+    params.heartbeat = heartbeat
     params.blocked_connection_timeout = 10
     params.connection_attempts = 1
     params.socket_timeout = 3
@@ -128,9 +132,9 @@ def connection_parameters(settings: Settings) -> pika.URLParameters:
     return params
 
 
-def open_connection(settings: Settings) -> pika.BlockingConnection:
+def open_connection(settings: Settings, heartbeat: int = HEARTBEAT_SECONDS) -> pika.BlockingConnection:
     try:
-        return pika.BlockingConnection(connection_parameters(settings))
+        return pika.BlockingConnection(connection_parameters(settings, heartbeat))
     except (pika.exceptions.AMQPError, OSError) as error:
         raise BrokerError(f"cannot connect to RabbitMQ: {error!r}") from None
 
@@ -337,7 +341,7 @@ class PartitionSession:
         self._settings = settings
         self._names = names
         self._on_heard = on_heard
-        self._connection = open_connection(settings)
+        self._connection = open_connection(settings, WORKER_HEARTBEAT_SECONDS)
         self._bytes_heard = 0
         self._exclusive = names.queue_type == "classic"
         self._partitions: dict[int, tuple[BlockingChannel, int]] = {}

@@ -169,7 +169,9 @@ class Requests:
             "user_id": user_id,
             "action": action,
             "data_json": data_json,
-            "created_at": now(),
+            # When its id was made, before the publish: a worker may finish the request
+            # before this record is stored, and it must never look created after it started.
+            "created_at": datetime.fromtimestamp(accepted_at(request_id), UTC),
             "fingerprint": fingerprint,
         }
         if correlation_id is not None:
@@ -393,7 +395,19 @@ def _derive(record: dict[str, Any], claim: dict[str, Any] | None, outcome: dict[
         derived.update(status="cancelled", attempts=0)
     else:
         derived.update(status="queued", attempts=0)
-    return derived
+    return _in_order(derived, "created_at", "started_at", "finished_at")
+
+
+def _in_order(record: dict[str, Any], *fields: str) -> dict[str, Any]:
+    """Times written by different hosts may disagree by their clocks' difference: each is
+    shown no earlier than the one before it, so created ≤ started ≤ finished always."""
+    latest = None
+    for name in fields:
+        moment = record.get(name)
+        if moment is not None and latest is not None and moment < latest:
+            record[name] = moment = latest
+        latest = moment if moment is not None else latest
+    return record
 
 
 def _record_from_outcome(outcome: dict[str, Any]) -> dict[str, Any]:

@@ -1,11 +1,11 @@
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from lanes.actions import ActionContext, ActionFailed, build_registry, echo, fail, sleep
 from lanes.db import iso
 from lanes.errors import ConfigError
-from lanes.requests import body_fingerprint, new_request_id, public_view
+from lanes.requests import _derive, body_fingerprint, new_request_id, public_view
 from lanes.settings import Settings
 
 
@@ -78,3 +78,19 @@ def test_user_actions_come_from_a_module() -> None:
 def test_bad_actions_modules_fail_at_start(module: str) -> None:
     with pytest.raises(ConfigError):
         build_registry(Settings(actions_module=module))
+
+
+def test_a_request_never_shows_started_before_created_or_finished_before_started() -> None:
+    # Given times written by hosts whose clocks differ: the worker's 6 ms behind the enqueue's
+    created = datetime(2026, 1, 1, 12, 0, 0, 10_000, tzinfo=UTC)
+    outcome = {
+        "status": "done",
+        "attempts": 1,
+        "started_at": created - timedelta(milliseconds=6),
+        "finished_at": created - timedelta(milliseconds=9),
+    }
+    # When the request is read
+    derived = _derive({"_id": "r", "created_at": created}, None, outcome)
+    # Then its times are in order
+    assert derived["created_at"] <= derived["started_at"] <= derived["finished_at"]
+    assert derived["started_at"] == created

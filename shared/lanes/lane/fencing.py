@@ -5,9 +5,9 @@ Three things, each closing a way in which a lane could run twice at once:
 
 * The **broker lease**. A process starts nothing while its broker connection has been
   silent for LEASE_SILENCE_SECONDS. Its dispatcher hears the broker at least once a
-  second while the connection is sound, and the broker needs a heartbeat timeout (30 s)
-  of silence before it gives the process's partitions to another: a process cut off
-  from the broker stops starting runs long before anyone else may start them.
+  second while the connection is sound, and the broker needs two heartbeat intervals
+  (20 s) of silence before it gives the process's partitions to another: a process cut
+  off from the broker stops starting runs long before anyone else may start them.
 * The **holder epoch**. Each time a process takes a partition it draws the partition's
   next epoch from the database, so holders of one partition are numbered in the order
   they held it. A claim or attempt made by a later holder tells an earlier one that it
@@ -31,9 +31,10 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-# Far below the broker's heartbeat timeout (lanes.broker.HEARTBEAT_SECONDS, 30 s), far
-# above the dispatcher's round trip every BALANCE_SECONDS (1 s) on a sound connection.
-LEASE_SILENCE_SECONDS = 10.0
+# Well below the 20 s at least that the broker takes to give a silent worker's partitions
+# away (two heartbeats, lanes.broker.WORKER_HEARTBEAT_SECONDS), well above the dispatcher's
+# round trip every BALANCE_SECONDS (1 s) on a sound connection.
+LEASE_SILENCE_SECONDS = 5.0
 
 
 class HandBack(Exception):

@@ -169,13 +169,14 @@ def decode(body: bytes) -> dict[str, Any]:
     return value
 
 
-def _persistent(timestamp: float | None) -> pika.BasicProperties:
+def _persistent(timestamp: float | None, headers: dict[str, str] | None = None) -> pika.BasicProperties:
     """Persistent; stamped with when the request was accepted, so RabbitMQ reports the age of
     each lane's head (`head_message_timestamp`) and the lane gauges need no database scan."""
     return pika.BasicProperties(
         delivery_mode=pika.DeliveryMode.Persistent,
         content_type="application/json",
         timestamp=None if timestamp is None else int(timestamp),
+        headers=headers,
     )
 
 
@@ -231,11 +232,13 @@ class Channel:
         with self._translated():
             return _counts(self.raw.queue_declare(name, passive=True))
 
-    def publish(self, queue_name: str, body: bytes, *, timestamp: float | None = None) -> None:
+    def publish(
+        self, queue_name: str, body: bytes, *, headers: dict[str, str] | None = None, timestamp: float | None = None
+    ) -> None:
         """Publish persistently and wait for the broker's confirm: Refused (nacked) or
         QueueMissing (unroutable)."""
         with self._translated():
-            self.raw.basic_publish("", queue_name, body, _persistent(timestamp), mandatory=True)
+            self.raw.basic_publish("", queue_name, body, _persistent(timestamp, headers), mandatory=True)
 
 
 def _counts(declared: Any) -> Counts:
@@ -328,6 +331,8 @@ class PartitionDelivery:
     generation: int
     tag: int
     body: bytes
+    headers: dict[str, Any] | None = None
+    timestamp: int | None = None
 
 
 class PartitionSession:
@@ -438,8 +443,9 @@ class PartitionSession:
                 elif not wanted and name in self._shown:
                     self._signals.basic_cancel(self._shown.pop(name))
 
-    def _on_message(self, index: int, generation: int, _channel: Any, method: Any, _props: Any, body: bytes) -> None:
-        self.deliveries.append(PartitionDelivery(index, generation, method.delivery_tag, body))
+    def _on_message(self, index: int, generation: int, _channel: Any, method: Any, props: Any, body: bytes) -> None:
+        delivery = PartitionDelivery(index, generation, method.delivery_tag, body, props.headers, props.timestamp)
+        self.deliveries.append(delivery)
 
     def wait(self, seconds: float, until: Callable[[], bool]) -> None:
         """Serve the connection (heartbeats, deliveries) until `until()` or `seconds` pass.

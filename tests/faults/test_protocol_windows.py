@@ -150,7 +150,9 @@ def _strand(stack: Stack, user_id: str) -> str:
     channel = connection.channel()
     channel.confirm_delivery()
     channel.queue_declare(partition, durable=True, arguments=partition_arguments(settings))
-    channel.basic_publish("", partition, message.body(), pika.BasicProperties(delivery_mode=2))
+    channel.basic_publish(
+        "", partition, message.body(), pika.BasicProperties(delivery_mode=2, headers=message.headers())
+    )
     connection.close()
     return message.request_id
 

@@ -76,7 +76,8 @@ def test_backlog_partitions_workers_and_the_oldest_request_follow_the_broker(set
     accepted_long_ago = int(time.time()) - 300
     with pool.channel() as channel:
         channel.declare(names.partition(0), partition_arguments(settings))
-        channel.publish(names.partition(0), request_message(user_in(0)).body(), timestamp=accepted_long_ago)
+        head = request_message(user_in(0))
+        channel.publish(names.partition(0), head.body(), headers=head.headers(), timestamp=accepted_long_ago)
         # Not a partition: a queue of the same prefix must not count.
         channel.declare(names.sweeper, {})
         channel.publish(names.sweeper, b"not a request")
@@ -151,7 +152,8 @@ def test_requests_without_a_timestamp_leave_the_age_out_and_a_stranded_partition
     names = QueueNames.of(settings)
     with ChannelPool(settings).channel() as channel:
         channel.declare(names.partition(9), partition_arguments(settings))
-        channel.publish(names.partition(9), request_message("stranded").body())
+        stranded = request_message("stranded")
+        channel.publish(names.partition(9), stranded.body(), headers=stranded.headers())
     stats = LaneStats(settings, connect(settings))
 
     # When the broker's statistics have caught up

@@ -115,7 +115,7 @@ class PartitionPublisher:
                         channel.declare(self._names.partition(index), partition_arguments(self._settings))
                     self._declared = True
                 try:
-                    channel.publish(partition, message.body(), timestamp=accepted_at)
+                    channel.publish(partition, message.body(), headers=message.headers(), timestamp=accepted_at)
                 except Refused:  # a partition has no length limit: the broker is in trouble
                     raise BrokerError("RabbitMQ refused the request") from None
                 except QueueMissing:  # deleted by hand since this process declared it

@@ -170,7 +170,7 @@ class Dispatcher:
                 # broker has it back, and running this copy would run it ahead of its lane.
                 continue
             try:
-                message = LaneMessage.parse(delivery.body)
+                message = LaneMessage.parse(delivery.body, delivery.headers)
             except ValueError as error:
                 log.warning("dropping a malformed lane message: %s", error)
                 self._session.ack(delivery)

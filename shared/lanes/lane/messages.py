@@ -6,7 +6,10 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from lanes.broker import decode, encode
+from lanes.broker import decode
+
+# The message's headers (lanes.broker publishes them as AMQP headers).
+REQUEST, USER, ACTION, CORRELATION = "lanes-request", "lanes-user", "lanes-action", "lanes-correlation"
 
 
 def partition_of(user_id: str, partitions: int) -> int:
@@ -24,17 +27,30 @@ class LaneMessage:
     data_json: str
     correlation_id: str | None = None
 
-    def body(self) -> bytes:
-        fields = {"request_id": self.request_id, "user_id": self.user_id, "action": self.action}
-        fields["data_json"] = self.data_json
+    def headers(self) -> dict[str, str]:
+        """What the worker needs besides the data, as AMQP headers: the body stays the data
+        itself, compact UTF-8 JSON, never escaped again."""
+        headers = {REQUEST: self.request_id, USER: self.user_id, ACTION: self.action}
         if self.correlation_id is not None:
-            fields["correlation_id"] = self.correlation_id
-        return encode(fields)
+            headers[CORRELATION] = self.correlation_id
+        return headers
+
+    def body(self) -> bytes:
+        return self.data_json.encode("utf-8")
 
     @classmethod
-    def parse(cls, body: bytes) -> LaneMessage:
-        """ValueError for a body that is not a request message."""
+    def parse(cls, body: bytes, headers: dict[str, Any] | None) -> LaneMessage:
+        """ValueError for a message that is not a request."""
         try:
+            if headers and REQUEST in headers:
+                return cls(
+                    request_id=_text(headers[REQUEST]),
+                    user_id=_text(headers[USER]),
+                    action=_text(headers[ACTION]),
+                    data_json=body.decode("utf-8"),
+                    correlation_id=_text(headers[CORRELATION]) if CORRELATION in headers else None,
+                )
+            # Published before the headers: the whole request as one JSON object.
             fields = decode(body)
             return cls(
                 request_id=str(fields["request_id"]),
@@ -43,8 +59,13 @@ class LaneMessage:
                 data_json=str(fields["data_json"]),
                 correlation_id=fields.get("correlation_id"),
             )
-        except (KeyError, TypeError) as error:
+        except (KeyError, TypeError, UnicodeDecodeError) as error:
             raise ValueError(f"not a request message: {error!r}") from None
+
+
+def _text(value: Any) -> str:
+    # pika hands AMQP long strings back as bytes
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def as_record(message: LaneMessage) -> dict[str, Any]:

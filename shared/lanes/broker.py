@@ -110,6 +110,10 @@ class QueueNames:
         """Fanout exchange: the request ids workers settled, for the enqueue processes' ledgers."""
         return f"{self.prefix}.settled"
 
+    def overflow(self, lane: str) -> str:
+        """A deep lane's requests beyond what its worker holds (lanes.lane.overflow)."""
+        return f"{self.prefix}.overflow.{lane}"
+
 
 @dataclass(frozen=True)
 class Counts:
@@ -333,18 +337,22 @@ class PartitionDelivery:
     body: bytes
     headers: dict[str, Any] | None = None
     timestamp: int | None = None
+    overflow: bool = False  # fetched from a deep lane's overflow queue, not delivered by its partition
 
 
 class PartitionSession:
     """A worker process's one connection: a channel per partition it holds, consuming with
-    no prefetch limit (every lane in the partition is visible, so a newcomer behind a deep
-    lane is seen at once), plus the roster and the settled-feed channel.
+    a prefetch window of `prefetch` messages, a channel for the requests fetched from deep
+    lanes' overflow queues, plus the roster and the settled-feed channel.
 
     Used from one thread only (pika's rule); handler threads reach it through `wake`."""
 
-    def __init__(self, settings: Settings, names: QueueNames, on_heard: Callable[[], None] = _nothing) -> None:
+    def __init__(
+        self, settings: Settings, names: QueueNames, prefetch: int, on_heard: Callable[[], None] = _nothing
+    ) -> None:
         self._settings = settings
         self._names = names
+        self._prefetch = prefetch
         self._on_heard = on_heard
         self._connection = open_connection(settings, WORKER_HEARTBEAT_SECONDS)
         self._bytes_heard = 0
@@ -363,6 +371,8 @@ class PartitionSession:
                 # Kept (not auto-deleted) so that showing a state never creates a queue.
                 self._signals.queue_declare(name, arguments={"x-queue-type": "classic"})
         self._shown: dict[str, str] = {}  # signal queue -> consumer tag
+        self._overflow: tuple[BlockingChannel, int] | None = None
+        self._overflow_declared: set[str] = set()
 
     @property
     def held(self) -> list[int]:
@@ -387,7 +397,7 @@ class PartitionSession:
         try:
             with self.control._translated():
                 channel = self._connection.channel()
-                channel.basic_qos(prefetch_count=0)
+                channel.basic_qos(prefetch_count=self._prefetch)
                 channel.basic_consume(
                     name, functools.partial(self._on_message, index, generation), exclusive=self._exclusive
                 )
@@ -405,26 +415,85 @@ class PartitionSession:
                 channel.close()
 
     def holds(self, delivery: PartitionDelivery) -> bool:
-        """Whether the delivery's channel is still the partition's, open: a message that
-        arrived while its channel was being closed went back to the partition with it."""
-        channel, generation = self._partitions.get(delivery.partition, (None, 0))
+        """Whether the delivery's channel is still open and the one it came on: a message
+        that arrived while its channel was being closed went back to its queue with it."""
+        channel, generation = self._channel_of(delivery)
         return channel is not None and generation == delivery.generation and channel.is_open
 
-    def forget_closed(self) -> list[tuple[int, int]]:
-        """Partitions whose channel the broker closed (it gave their messages back already),
-        as (partition, generation); they are no longer held."""
-        closed = [(index, generation) for index, (channel, generation) in self._partitions.items() if channel.is_closed]
-        for index, _generation in closed:
-            del self._partitions[index]
-        return closed
+    def _channel_of(self, delivery: PartitionDelivery) -> tuple[BlockingChannel | None, int]:
+        if delivery.overflow:
+            return self._overflow or (None, 0)
+        return self._partitions.get(delivery.partition, (None, 0))
+
+    def forget_closed(self) -> list[int]:
+        """Generations of the channels the broker closed (it gave their messages back
+        already); their partitions are no longer held."""
+        closed = [index for index, (channel, _generation) in self._partitions.items() if channel.is_closed]
+        generations = [self._partitions.pop(index)[1] for index in closed]
+        if self._overflow is not None and self._overflow[0].is_closed:
+            generations.append(self._overflow[1])
+            self._overflow = None
+        return generations
 
     def ack(self, delivery: PartitionDelivery) -> bool:
         """Acknowledge on the channel it came on; False if that channel is gone (the broker
         gave the message back, and its next holder finds the outcome recorded)."""
-        if not self.holds(delivery):
+        channel, _generation = self._channel_of(delivery)
+        if channel is None or not self.holds(delivery):
             return False
         with self.control._translated():
-            self._partitions[delivery.partition][0].basic_ack(delivery.tag)
+            channel.basic_ack(delivery.tag)
+        return True
+
+    # -- deep lanes (lanes.lane.overflow) ------------------------------------------------
+
+    def spill(self, lane: str, delivery: PartitionDelivery) -> None:
+        """Move a partition message to the tail of its lane's overflow queue: published and
+        confirmed there first, then acknowledged in the partition. A crash in between leaves
+        a copy in both, and the later one is found settled when its turn comes."""
+        queue_name = self._names.overflow(lane)
+        if queue_name not in self._overflow_declared:
+            self.control.declare(queue_name, partition_arguments(self._settings))
+            self._overflow_declared.add(queue_name)
+        try:
+            self.control.publish(queue_name, delivery.body, headers=delivery.headers, timestamp=delivery.timestamp)
+        except QueueMissing:  # deleted since this session declared it
+            self._overflow_declared.discard(queue_name)
+            raise BrokerError("a deep lane's overflow queue went missing") from None
+        except Refused:
+            raise BrokerError("RabbitMQ refused a deep lane's request") from None
+        self.ack(delivery)
+
+    def fetch(self, lane: str, partition: int) -> PartitionDelivery | None:
+        """The next request in the lane's overflow queue, unacknowledged; None when it is empty."""
+        queue_name = self._names.overflow(lane)
+        # Declared, not asked: a 404 would close the channel and give back what it holds.
+        self.control.declare(queue_name, partition_arguments(self._settings))
+        self._overflow_declared.add(queue_name)
+        with self.control._translated():
+            if self._overflow is None or not self._overflow[0].is_open:
+                self._overflow = (self._connection.channel(), next(_GENERATIONS))
+            channel, generation = self._overflow
+            method, props, body = channel.basic_get(queue_name, auto_ack=False)
+        if method is None:
+            return None
+        return PartitionDelivery(partition, generation, method.delivery_tag, body, props.headers, props.timestamp, True)
+
+    def give_back(self, delivery: PartitionDelivery) -> None:
+        """Return a fetched request, not started, to the head of its overflow queue."""
+        if delivery.overflow and self.holds(delivery) and self._overflow is not None:
+            with self.control._translated():
+                self._overflow[0].basic_nack(delivery.tag, requeue=True)
+
+    def drop_overflow(self, lane: str) -> bool:
+        """Delete the lane's overflow queue if it is empty; False if it is not."""
+        queue_name = self._names.overflow(lane)
+        try:
+            with self.control._translated():
+                self.control.raw.queue_delete(queue_name, if_empty=True)
+        except ArgumentsDiffer:  # 406: not empty
+            return False
+        self._overflow_declared.discard(queue_name)
         return True
 
     def announce_settled(self, body: bytes) -> None:

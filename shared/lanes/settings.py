@@ -15,6 +15,8 @@ from lanes.proxies import TrustedProxies, parse_networks
 # token forgeable by anyone who has read the seed.
 PLACEHOLDER_SECRETS = frozenset({"your_jwt_secret", "changeme", "secret"})
 MIN_SECRET_LENGTH = 32
+# A lane message's headers and properties besides its body (lanes.lane.messages), at most.
+MESSAGE_HEADER_BYTES = 1024
 QUEUE_TYPES = ("classic", "quorum")
 
 
@@ -62,6 +64,14 @@ class Settings:
     # process at a time: the most worker processes that can share the work. Changing it
     # moves lanes between partitions, so it is set once per deployment (docs/scaling.md).
     lane_partitions: int = 16
+    # What a worker holds in memory, whatever the backlog (lanes.lane.overflow): each
+    # partition it holds delivers at most WORKER_HELD_REQUESTS / LANE_PARTITIONS messages
+    # ahead of their acknowledgement, and a lane keeps at most LANE_WINDOW of them; the rest
+    # of a deeper lane waits in its overflow queue. WORKER_HELD_BYTES is the bytes those
+    # messages may take at the largest body, checked here.
+    worker_held_requests: int = 1024
+    lane_window: int = 8
+    worker_held_bytes: int = 128 * 1024 * 1024
     sweep_interval_seconds: float = 30.0
     log_level: str = "INFO"
     # Login throttling (lanes.throttle). LOGIN_MAX_FAILURES failures of one username from
@@ -121,6 +131,11 @@ class Settings:
     argon2_memory_kib: int = 19456
     argon2_rounds: int = 2
 
+    @property
+    def partition_prefetch(self) -> int:
+        """Messages one partition delivers to its holder ahead of their acknowledgements."""
+        return max(1, self.worker_held_requests // self.lane_partitions)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Build settings from a mapping of environment variables, rejecting bad values at once."""
@@ -151,10 +166,19 @@ class Settings:
             "login_window_seconds",
             "login_lock_max_seconds",
             "login_username_max_failures",
+            "worker_held_requests",
+            "lane_window",
         )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive")
+        if self.lane_window >= self.partition_prefetch:
+            # A lane could fill its partition's window, and nothing behind it would be seen.
+            raise ConfigError("LANE_WINDOW must be below WORKER_HELD_REQUESTS / LANE_PARTITIONS")
+        if self.worker_held_requests * (self.max_body_bytes + MESSAGE_HEADER_BYTES) > self.worker_held_bytes:
+            raise ConfigError(
+                "WORKER_HELD_REQUESTS messages of MAX_BODY_BYTES exceed WORKER_HELD_BYTES: lower one or raise the other"
+            )
         if not 0.0 <= self.fault_crash_after_store <= 1.0:
             raise ConfigError("FAULT_CRASH_AFTER_STORE must be a probability")
         if not 0 <= self.metrics_port <= 65535 or self.metrics_cache_seconds < 0:

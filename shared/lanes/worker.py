@@ -23,6 +23,7 @@ from lanes.errors import DatabaseError, retry_delay
 from lanes.lane.attempts import Attempts
 from lanes.lane.dispatcher import IDLE_SECONDS, Dispatcher, Settled
 from lanes.lane.fencing import HandBack, Superseded
+from lanes.lane.overflow import DeepLaneRegistry, Overflow
 from lanes.lane.scheduler import LanesSeen, Turn
 from lanes.lifecycle import RequestRunner, Waiting
 from lanes.requests import Requests
@@ -144,8 +145,19 @@ def create_worker(settings: Settings) -> tuple[WorkerState, list[Callable[[], No
         requests=Requests(db),
         attempts=Attempts(db),
     )
+    overflow = Overflow(
+        DeepLaneRegistry(db),
+        window=settings.lane_window,
+        settled=lambda request_id: state.requests.recorded_outcome(request_id) is not None,
+        max_fed=settings.worker_slots,
+    )
     dispatcher = Dispatcher(
-        settings, state.stop, settings.worker_slots, draw_epoch=state.attempts.draw_epoch, report_lanes=_report_lanes
+        settings,
+        state.stop,
+        settings.worker_slots,
+        draw_epoch=state.attempts.draw_epoch,
+        overflow=overflow,
+        report_lanes=_report_lanes,
     )
     slots = [Slot(i, state, dispatcher) for i in range(settings.worker_slots)]
     state.wake_slots = [slot.waiting.wake for slot in slots]

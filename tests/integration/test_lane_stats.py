@@ -107,7 +107,7 @@ def test_backlog_partitions_workers_and_the_oldest_request_follow_the_broker(set
     assert families["lanes_backlog_requests"].samples[0].value == 12
 
     # When a worker process joins the roster and holds partition 0, taking its two requests
-    session = PartitionSession(settings, names)
+    session = PartitionSession(settings, names, prefetch=100)
     try:
         assert session.take(0)
         session.wait(10, lambda: len(session.deliveries) == 2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from lanes.broker import PartitionDelivery
@@ -78,6 +80,42 @@ def test_dropping_a_partition_forgets_only_its_waiting_deliveries() -> None:
     only = scheduler.next()
     assert only is not None and only.lane == "b" and scheduler.next() is None
     assert scheduler.waiting() == 0
+
+
+def test_a_partition_let_go_and_taken_again_gives_its_lane_one_place_in_the_round() -> None:
+    scheduler = LaneScheduler()
+    scheduler.add(turn("a", "a1", partition=1))
+    scheduler.add(turn("b", "b1", partition=2))
+    assert scheduler.drop_partition(1) == []  # nothing fetched from an overflow queue to give back
+    assert scheduler.waiting() == 1
+    scheduler.add(turn("a", "a1", partition=1, generation=2))  # taken again, redelivered
+    ran = []
+    while (current := scheduler.next()) is not None:
+        ran.append(current.message.request_id)
+    assert ran == ["b1", "a1"]  # once each: the dropped place in the round is void
+
+
+def test_letting_go_200000_lanes_takes_under_50_ms() -> None:
+    scheduler = LaneScheduler()
+    for index in range(200_000):
+        scheduler.add(turn(f"u{index}", f"r{index}", partition=index % 2))
+    started = time.perf_counter()
+    scheduler.drop_partition(0)
+    elapsed = time.perf_counter() - started
+    assert scheduler.waiting() == 100_000
+    started = time.perf_counter()
+    scheduler.drop_partition(1)
+    elapsed += time.perf_counter() - started
+    assert scheduler.waiting() == 0 and scheduler.next() is None
+    assert elapsed < 0.05, f"{elapsed * 1000:.0f} ms"
+
+
+def test_fetched_overflow_turns_are_given_back_when_their_partition_goes() -> None:
+    scheduler = LaneScheduler()
+    fetched = Turn("d", PartitionDelivery(3, 7, tag=1, body=b"", overflow=True), LaneMessage("d9", "d", "echo", "1"))
+    scheduler.add(turn("a", "a1", partition=3))
+    scheduler.add(fetched)
+    assert scheduler.drop_partition(3) == [fetched]
 
 
 def test_a_draining_partitions_lanes_are_not_started() -> None:

@@ -17,6 +17,7 @@ from lanes.broker import PartitionDelivery, PartitionSession, QueueNames
 from lanes.errors import BrokerError, DatabaseError, retry_delay
 from lanes.lane.fencing import BrokerLease
 from lanes.lane.messages import LaneMessage, partition_of
+from lanes.lane.overflow import Overflow
 from lanes.lane.scheduler import LaneScheduler, LanesSeen, Turn
 from lanes.settings import Settings
 
@@ -51,10 +52,12 @@ class Dispatcher:
         stop: threading.Event,
         slots: int,
         draw_epoch: Callable[[str], int],
+        overflow: Overflow,
         report_lanes: Callable[[LanesSeen], None] = lambda _seen: None,
     ) -> None:
         self._settings = settings
         self._draw_epoch = draw_epoch
+        self._overflow = overflow
         self.lease = BrokerLease()
         self._epochs: dict[int, int] = {}
         self._report_lanes = report_lanes
@@ -96,7 +99,9 @@ class Dispatcher:
         failures = 0
         while True:
             try:
-                self._session = PartitionSession(self._settings, self._names, on_heard=self.lease.heard)
+                self._session = PartitionSession(
+                    self._settings, self._names, self._settings.partition_prefetch, on_heard=self.lease.heard
+                )
                 self.lease.heard()
                 self._balanced_at = float("-inf")
                 self._serve()
@@ -109,6 +114,7 @@ class Dispatcher:
             self.lease.lost()
             self._session.close()
             self._scheduler.drop(lambda _delivery: True)
+            self._overflow.reset()
             self._take_back_undelivered_turns()
             self._draining.clear()
             if self._stop.is_set():
@@ -133,6 +139,7 @@ class Dispatcher:
                     self._take_back_undelivered_turns()
                 else:
                     self._balance()
+                    self._feed_deep_lanes()
                     self._dispatch()
                 self._flush_announcements()
         finally:
@@ -143,7 +150,7 @@ class Dispatcher:
         with self._turns_ready:
             while self.turns:
                 turn = self.turns.popleft()
-                self._scheduler.running.discard(turn.lane)
+                self._scheduler.release(turn.lane)
                 self._idle += 1
 
     def _has_news(self) -> bool:
@@ -169,13 +176,55 @@ class Dispatcher:
                 # Delivered on a channel closed since (a partition let go or lost): the
                 # broker has it back, and running this copy would run it ahead of its lane.
                 continue
-            try:
-                message = LaneMessage.parse(delivery.body, delivery.headers)
-            except ValueError as error:
-                log.warning("dropping a malformed lane message: %s", error)
-                self._session.ack(delivery)
+            message = self._parse(delivery)
+            if message is None:
+                continue
+            if self._spills(message, delivery):
+                self._session.spill(message.user_id, delivery)
                 continue
             self._scheduler.add(Turn(message.user_id, delivery, message, self._epochs.get(delivery.partition, 0)))
+
+    def _parse(self, delivery: PartitionDelivery) -> LaneMessage | None:
+        try:
+            return LaneMessage.parse(delivery.body, delivery.headers)
+        except ValueError as error:
+            log.warning("dropping a malformed lane message: %s", error)
+            self._session.ack(delivery)
+            return None
+
+    def _spills(self, message: LaneMessage, delivery: PartitionDelivery) -> bool:
+        held = self._scheduler.waiting_ids(message.user_id, delivery.partition)
+        try:
+            return self._overflow.spills(message.user_id, delivery.partition, message.request_id, held)
+        except DatabaseError as error:  # cannot mark it deep: it waits in memory (the window bounds it)
+            log.warning("cannot mark a deep lane: %r", error)
+            return False
+
+    def _feed_deep_lanes(self) -> None:
+        """Fetch the next request of each deep lane whose turn comes, from its overflow queue."""
+        while (lane := self._overflow.next_to_feed(self._may_feed)) is not None:
+            partition = partition_of(lane, self._settings.lane_partitions)
+            delivery = self._session.fetch(lane, partition)
+            if delivery is None:
+                if self._session.drop_overflow(lane):
+                    self._drained(lane)
+                continue
+            message = self._parse(delivery)
+            if message is None:
+                self._overflow.settled(lane, waiting=0)
+                continue
+            self._scheduler.add(Turn(lane, delivery, message, self._epochs.get(partition, 0)))
+            self._overflow.fed += 1
+
+    def _may_feed(self, lane: str, partition: int) -> bool:
+        held = partition in self._session.held and partition not in self._draining
+        return held and lane not in self._scheduler.running and not self._scheduler.waiting_ids(lane, partition)
+
+    def _drained(self, lane: str) -> None:
+        try:
+            self._overflow.drained(lane)
+        except DatabaseError as error:  # its next holder finds the entry stale and spills anew
+            log.warning("cannot clear a drained lane's entry: %r", error)
 
     def _settle_reports(self) -> None:
         while self.reports:
@@ -201,6 +250,8 @@ class Dispatcher:
             # message back and its next delivery is found settled.
             self._scheduler.finished(report.turn.lane)
             self._session.ack(report.turn.delivery)
+            waiting = self._scheduler.waiting_ids(report.turn.lane, report.turn.delivery.partition)
+            self._overflow.settled(report.turn.lane, len(waiting))
             if not self._announce:
                 self._announce_since = time.monotonic()
             self._announce.append(report.turn.message.request_id)
@@ -209,9 +260,13 @@ class Dispatcher:
                 self._let_go(partition)
 
     def _forget_lost(self) -> None:
-        for partition, generation in self._session.forget_closed():
-            log.warning("the broker closed partition %d's channel; its messages went back", partition)
-            self._scheduler.drop(_of_incarnation(partition, generation))
+        for generation in self._session.forget_closed():
+            log.warning("the broker closed a channel; its messages went back")
+            dropped = self._scheduler.drop(_of_generation(generation))
+            self._overflow.fed -= sum(turn.delivery.overflow for turn in dropped)
+        for partition in set(self._epochs) - set(self._session.held):
+            del self._epochs[partition]
+            self._overflow.let_go(partition)
 
     def _dispatch(self) -> None:
         if not self.lease.holds():
@@ -222,6 +277,7 @@ class Dispatcher:
             if turn is None:
                 break
             self._idle -= 1
+            self._overflow.fed -= turn.delivery.overflow
             with self._turns_ready:
                 self.turns.append(turn)
                 self._turns_ready.notify()
@@ -234,8 +290,7 @@ class Dispatcher:
         return partition not in self._draining and lane not in self._handed_back
 
     def _running_in(self, partition: int) -> bool:
-        count = self._settings.lane_partitions
-        return any(partition_of(lane, count) == partition for lane in self._scheduler.running)
+        return self._scheduler.running_in(partition)
 
     # -- holding partitions ---------------------------------------------------------------
 
@@ -275,13 +330,24 @@ class Dispatcher:
             return False
         if not self._session.take(partition):
             return False
+        try:
+            self._overflow.taken(partition)
+        except DatabaseError as error:  # its deep lanes unknown, its order could not be kept
+            log.warning("cannot read partition %d's deep lanes: %r", partition, error)
+            self._session.let_go(partition)
+            return False
         self._epochs[partition] = epoch
         return True
 
     def _let_go(self, partition: int) -> None:
         self._draining.discard(partition)
+        for turn in self._scheduler.drop_partition(partition):
+            if turn.delivery.overflow:  # fetched and not started: back to its queue's head
+                self._session.give_back(turn.delivery)
+                self._overflow.fed -= 1
         self._session.let_go(partition)
-        self._scheduler.drop(lambda d: d.partition == partition)
+        self._epochs.pop(partition, None)
+        self._overflow.let_go(partition)
 
     def _flush_announcements(self, force: bool = False) -> None:
         if not self._announce:
@@ -296,10 +362,6 @@ class Dispatcher:
                 log.warning("could not announce settled requests: %r", error)
 
 
-def _of_incarnation(partition: int, generation: int) -> Callable[[PartitionDelivery], bool]:
-    return lambda delivery: delivery.partition == partition and delivery.generation == generation
-
-
 class _NotConnected:
     """The session before the first connection: waking it does nothing."""
 
@@ -308,3 +370,7 @@ class _NotConnected:
 
     def close(self) -> None:
         pass
+
+
+def _of_generation(generation: int) -> Callable[[PartitionDelivery], bool]:
+    return lambda delivery: delivery.generation == generation

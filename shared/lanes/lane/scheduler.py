@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,68 +21,133 @@ class Turn:
     epoch: int = 0  # the holder epoch of the partition it was delivered from (lanes.lane.fencing)
 
 
+class _Partition:
+    """The lanes of one partition with requests waiting here, and their places in the round."""
+
+    __slots__ = ("fed", "lanes", "number", "tickets")
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.lanes: dict[str, deque[Turn]] = {}
+        self.tickets: dict[str, int] = {}  # a lane's valid place in the round
+        self.fed: list[Turn] = []  # waiting turns fetched from overflow queues
+
+
 class LaneScheduler:
     """The lanes a worker process sees, each a FIFO of deliveries, taking turns: a lane
-    runs one request at a time and goes to the back of the round after each."""
+    runs one request at a time and goes to the back of the round after each.
+
+    Lanes are kept by partition, and a place in the round is void once its partition or
+    lane is gone, so letting a partition go is one dictionary removal, whatever the
+    number of its lanes (the round skips the void places as it reaches them)."""
 
     def __init__(self) -> None:
-        self._lanes: dict[str, deque[Turn]] = {}
-        self._round: deque[str] = deque()  # lanes with work and no request running
-        self.running: set[str] = set()
+        self._partitions: dict[int, _Partition] = {}
+        self._round: deque[tuple[_Partition, str, int]] = deque()
+        self._issued = itertools.count()
+        self.running: dict[str, int] = {}  # lane -> its partition
 
     def add(self, turn: Turn) -> None:
-        lane = self._lanes.get(turn.lane)
+        number = turn.delivery.partition
+        partition = self._partitions.get(number) or self._partitions.setdefault(number, _Partition(number))
+        lane = partition.lanes.get(turn.lane)
         if lane is None:
-            lane = self._lanes[turn.lane] = deque()
+            lane = partition.lanes[turn.lane] = deque()
             if turn.lane not in self.running:
-                self._round.append(turn.lane)
+                self._enter_round(partition, turn.lane)
         lane.append(turn)
+        if turn.delivery.overflow:
+            partition.fed.append(turn)
 
     def next(self, eligible: Callable[[str], bool] = lambda _lane: True) -> Turn | None:
         """The head of the first lane in the round that may run now; its lane is running."""
         for _ in range(len(self._round)):
-            name = self._round.popleft()
+            partition, name, ticket = self._round.popleft()
+            if partition.tickets.get(name) != ticket or self._partitions.get(partition.number) is not partition:
+                continue  # void: its lane or partition was let go since
             if not eligible(name):
-                self._round.append(name)
+                self._round.append((partition, name, ticket))
                 continue
-            lane = self._lanes[name]
+            del partition.tickets[name]
+            lane = partition.lanes[name]
             turn = lane.popleft()
             if not lane:
-                del self._lanes[name]
-            self.running.add(name)
+                del partition.lanes[name]
+            if turn.delivery.overflow:
+                partition.fed.remove(turn)
+            self.running[name] = partition.number
             return turn
         return None
 
     def finished(self, name: str) -> None:
         """The lane's running request is settled: it takes its next turn at the back."""
-        self.running.discard(name)
-        if name in self._lanes:
-            self._round.append(name)
+        number = self.running.pop(name, None)
+        partition = self._partitions.get(number) if number is not None else None
+        if partition is not None and name in partition.lanes and name not in partition.tickets:
+            self._enter_round(partition, name)
 
     def put_back(self, turn: Turn) -> None:
         """A running request that did not start (the broker lease lapsed): it is its lane's
         head again, and the lane takes its turn at the back of the round."""
-        self._lanes.setdefault(turn.lane, deque()).appendleft(turn)
+        number = turn.delivery.partition
+        partition = self._partitions.get(number) or self._partitions.setdefault(number, _Partition(number))
+        partition.lanes.setdefault(turn.lane, deque()).appendleft(turn)
+        if turn.delivery.overflow:
+            partition.fed.append(turn)
+        self.running[turn.lane] = number
         self.finished(turn.lane)
 
-    def drop(self, lost: Callable[[PartitionDelivery], bool]) -> None:
-        """Forget the waiting deliveries of a partition let go (the broker has them back)."""
-        for name in list(self._lanes):
-            lane = deque(turn for turn in self._lanes[name] if not lost(turn.delivery))
-            if lane:
-                self._lanes[name] = lane
-            else:
-                del self._lanes[name]
-                if name in self._round:
-                    self._round.remove(name)
+    def drop_partition(self, number: int) -> list[Turn]:
+        """Forget the waiting deliveries of a partition let go (the broker has them back);
+        returns those fetched from overflow queues, which go back by hand."""
+        partition = self._partitions.pop(number, None)
+        return partition.fed if partition is not None else []
+
+    def drop(self, lost: Callable[[PartitionDelivery], bool]) -> list[Turn]:
+        """Forget the waiting deliveries `lost` picks (a channel the broker closed); returns them."""
+        dropped: list[Turn] = []
+        for partition in list(self._partitions.values()):
+            for name, lane in list(partition.lanes.items()):
+                gone = [turn for turn in lane if lost(turn.delivery)]
+                if not gone:
+                    continue
+                dropped.extend(gone)
+                partition.fed = [turn for turn in partition.fed if turn not in gone]
+                kept = deque(turn for turn in lane if not lost(turn.delivery))
+                if kept:
+                    partition.lanes[name] = kept
+                else:
+                    del partition.lanes[name]
+                    partition.tickets.pop(name, None)
+        return dropped
+
+    def release(self, name: str) -> None:
+        """The lane's turn was never started (taken back from the slots' queue)."""
+        self.running.pop(name, None)
+
+    def running_in(self, number: int) -> bool:
+        return number in self.running.values()
+
+    def waiting_ids(self, name: str, number: int) -> list[str]:
+        """The lane's requests waiting here, oldest first."""
+        partition = self._partitions.get(number)
+        lane = partition.lanes.get(name, ()) if partition is not None else ()
+        return [turn.message.request_id for turn in lane]
 
     def waiting(self) -> int:
-        return sum(len(lane) for lane in self._lanes.values())
+        return sum(len(lane) for partition in self._partitions.values() for lane in partition.lanes.values())
 
     def summary(self) -> LanesSeen:
-        depths = [len(self._lanes.get(name, ())) + (name in self.running) for name in self._lanes.keys() | self.running]
-        lanes_waiting = sum(1 for name in self._lanes if name not in self.running)
-        return LanesSeen(len(depths), lanes_waiting, self.waiting(), max(depths, default=0))
+        depths = {name: 1 for name in self.running}
+        for partition in self._partitions.values():
+            for name, lane in partition.lanes.items():
+                depths[name] = depths.get(name, 0) + len(lane)
+        lanes_waiting = sum(1 for p in self._partitions.values() for name in p.lanes if name not in self.running)
+        return LanesSeen(len(depths), lanes_waiting, self.waiting(), max(depths.values(), default=0))
+
+    def _enter_round(self, partition: _Partition, name: str) -> None:
+        ticket = partition.tickets[name] = next(self._issued)
+        self._round.append((partition, name, ticket))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,129 @@
+"""Deep lanes: a worker holds at most LANE_WINDOW requests of one lane; the rest of the
+lane waits, in order, in an overflow queue of its own (docs/design.md §4.5.1).
+
+A partition is consumed with a prefetch window, so a worker holds a bounded number of
+its messages whatever the backlog. A lane that fills its share of the window would hide
+the lanes behind it, so its further messages are *spilled*: published to the lane's
+overflow queue (`<prefix>.overflow.<user>`, confirmed) and then acknowledged in the
+partition, which frees the window at once. The lane is fed back from the overflow queue
+one request at a time, taking its turns in the round like any other lane. The queue
+exists only while the lane is deep: shallow lanes, the common case, pay nothing.
+
+Order: the requests a lane had in memory when it went deep come before everything in its
+overflow queue, and everything in the queue before what is still in the partition. The
+*boundary*, the newest request kept in memory, is written down with the lane's entry in
+`deep_lanes` before anything is spilled. A holder that takes the partition over keeps the
+lane's partition messages in memory until it has seen the boundary (they are the ones its
+predecessor held and did not finish), and spills from there on; if the boundary's outcome
+is recorded, everything before it is settled too, and it spills at once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo.database import Database
+
+from lanes.db import translate_errors
+
+
+@dataclass
+class DeepLane:
+    partition: int
+    # The boundary not yet seen again in the partition: until then, keep what arrives.
+    keep_until: str | None = None
+
+
+class DeepLaneRegistry:
+    """`deep_lanes`: one document per deep lane, its partition and its boundary."""
+
+    def __init__(self, db: Database[dict[str, Any]]) -> None:
+        self._deep = db.deep_lanes
+
+    @translate_errors
+    def mark(self, lane: str, partition: int, boundary: str | None) -> None:
+        self._deep.replace_one({"_id": lane}, {"partition": partition, "boundary": boundary}, upsert=True)
+
+    @translate_errors
+    def of_partition(self, partition: int) -> dict[str, str | None]:
+        return {doc["_id"]: doc.get("boundary") for doc in self._deep.find({"partition": partition})}
+
+    @translate_errors
+    def clear(self, lane: str) -> None:
+        self._deep.find_one_and_delete({"_id": lane})
+
+
+class Overflow:
+    """The deep lanes of the partitions one worker holds, and which of them to feed next."""
+
+    def __init__(self, registry: DeepLaneRegistry, window: int, settled: Callable[[str], bool], max_fed: int) -> None:
+        self._registry = registry
+        self._window = window
+        self._settled = settled
+        self._max_fed = max_fed
+        self._deep: dict[str, DeepLane] = {}
+        self._hungry: deque[str] = deque()  # deep lanes with nothing in memory, in turn order
+        self.fed = 0  # requests fetched from overflow queues and not started yet
+
+    def taken(self, partition: int) -> None:
+        """Learn the partition's deep lanes (DatabaseError: the partition must not be held)."""
+        for lane, boundary in self._registry.of_partition(partition).items():
+            keep = boundary if boundary is not None and not self._settled(boundary) else None
+            self._deep[lane] = DeepLane(partition, keep)
+            if keep is None:
+                self._hungry.append(lane)
+
+    def let_go(self, partition: int) -> None:
+        """Forget a partition's deep lanes here; they stay deep for its next holder."""
+        for lane in [lane for lane, deep in self._deep.items() if deep.partition == partition]:
+            del self._deep[lane]
+        self._hungry = deque(lane for lane in self._hungry if lane in self._deep)
+
+    def reset(self) -> None:
+        self._deep.clear()
+        self._hungry.clear()
+        self.fed = 0
+
+    def spills(self, lane: str, partition: int, request_id: str, held: list[str]) -> bool:
+        """Whether a partition message of the lane goes to its overflow queue. `held`: the
+        lane's requests in memory, oldest first. Marks the lane deep when its window is full."""
+        deep = self._deep.get(lane)
+        if deep is None:
+            if len(held) < self._window:
+                return False
+            self._registry.mark(lane, partition, held[-1])
+            self._deep[lane] = DeepLane(partition)
+            return True
+        if deep.keep_until is not None:
+            if deep.keep_until == request_id:
+                deep.keep_until = None  # what follows came after the predecessor went deep
+            return False
+        return True
+
+    def is_deep(self, lane: str) -> bool:
+        return lane in self._deep
+
+    def settled(self, lane: str, waiting: int) -> None:
+        """The lane's running request settled; with nothing of it in memory it wants feeding."""
+        deep = self._deep.get(lane)
+        if deep is not None and deep.keep_until is None and waiting == 0 and lane not in self._hungry:
+            self._hungry.append(lane)
+
+    def next_to_feed(self, may_feed: Callable[[str, int], bool]) -> str | None:
+        """The next deep lane to fetch one request for, in turn, while few enough are fed."""
+        if self.fed >= self._max_fed:
+            return None
+        for _ in range(len(self._hungry)):
+            lane = self._hungry.popleft()
+            if may_feed(lane, self._deep[lane].partition):
+                return lane
+            self._hungry.append(lane)
+        return None
+
+    def drained(self, lane: str) -> None:
+        """The lane's overflow queue is gone: it is shallow again."""
+        self._registry.clear(lane)
+        self._deep.pop(lane, None)

@@ -62,9 +62,10 @@ from dataclasses import dataclass, field
 
 import pika
 
-from deploy.template import partition_queue_pattern
+from deploy.template import lane_queue_pattern
 from lanes.broker import Channel, QueueMissing, QueueNames, open_connection
 from lanes.errors import BrokerError
+from lanes.lane.messages import partition_of
 from lanes.settings import Settings
 
 log = logging.getLogger("lanes.autoscaler")
@@ -131,7 +132,7 @@ class PartitionQueues:
         names = QueueNames.of(settings)
         self._names = [names.partition(index) for index in range(settings.lane_partitions)]
         self._signals = (names.workers, names.busy_workers, names.waiting_workers)
-        self._pattern = partition_queue_pattern(settings.queue_prefix)
+        self._pattern = lane_queue_pattern(settings.queue_prefix)
         self._management_url = management_url
         self._management_every = management_every
         self._connection: pika.BlockingConnection | None = None
@@ -228,12 +229,17 @@ class PartitionQueues:
         if not isinstance(items, list):
             return None
         index_of = {name: index for index, name in enumerate(self._names)}
+        overflow = QueueNames.of(self._settings).overflow("")
         messages = [0] * len(self._names)
         for item in items:
             name = item.get("name") if isinstance(item, dict) else None
-            index = index_of.get(name) if isinstance(name, str) else None
+            if not isinstance(name, str):
+                continue
+            index = index_of.get(name)
+            if index is None and name.startswith(overflow):  # a deep lane's: its partition's work
+                index = partition_of(name.removeprefix(overflow), len(self._names))
             if index is not None:
-                messages[index] = int(item.get("messages") or 0)
+                messages[index] += int(item.get("messages") or 0)
         return tuple(messages)
 
 

@@ -180,9 +180,6 @@ class RabbitMQ:
             "loopback_users.guest = true\n"
             # A laptop's disk is often fuller than RabbitMQ's default alarm assumes.
             "disk_free_limit.absolute = 200MB\n"
-            # A worker holds every waiting request of its partitions unacknowledged; a deep
-            # lane of slow requests can wait longer than the 30-minute default in it.
-            "consumer_timeout = 86400000\n"
             # Work a worker holds shows only in the management API's figures, which the
             # autoscaler reads to grow the workers: refresh them every second, not every 5 s
             # (cheap: the broker has a fixed handful of queues).

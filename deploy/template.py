@@ -18,11 +18,13 @@ class TemplateError(ValueError):
     pass
 
 
-def partition_queue_pattern(prefix: str) -> str:
-    """The regex that selects the lane partitions, `<prefix>.partition.<k>`, in a queue listing.
+def lane_queue_pattern(prefix: str) -> str:
+    """The regex that selects the queues requests wait in, in a queue listing: the lane
+    partitions, `<prefix>.partition.<k>`, and deep lanes' overflow queues,
+    `<prefix>.overflow.<user>` (lanes.lane.overflow).
 
     QUEUE_PREFIX holds only letters, digits, '-' and '_', none of them special in a regex."""
-    return rf"^{prefix}\.partition\..*"
+    return rf"^{prefix}\.(partition|overflow)\..*"
 
 
 @dataclass(frozen=True)
@@ -133,10 +135,10 @@ def _check(template: Template) -> None:
             raise TemplateError(f"{function.name}: secrets {sorted(unknown)} are not declared at the top")
     worker = template.worker
     prefix = template.env_of(worker).get("QUEUE_PREFIX", "lanes")
-    if worker.queue != partition_queue_pattern(prefix):
+    if worker.queue != lane_queue_pattern(prefix):
         # The worker scales on the queues its requests wait in; any other pattern scales on nothing.
         raise TemplateError(
-            f"{worker.name}: queue must be {partition_queue_pattern(prefix)}, the lane partitions of QUEUE_PREFIX"
+            f"{worker.name}: queue must be {lane_queue_pattern(prefix)}: where QUEUE_PREFIX's requests wait"
         )
     slots = template.env_of(worker).get("WORKER_SLOTS")
     if slots is None or str(worker.scale.get("target", 1)) != slots:

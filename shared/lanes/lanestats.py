@@ -41,6 +41,7 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from lanes.broker import QueueNames
+from lanes.lane.messages import partition_of
 from lanes.settings import Settings
 
 log = logging.getLogger("lanes.metrics")
@@ -153,7 +154,11 @@ class LaneStats:
         # Every partition that exists, also one beyond LANE_PARTITIONS left by an earlier
         # setting: its requests are backlog that no worker will take.
         partition_prefix = self._names.partition(0).removesuffix("0")
-        regex = f"^({_escaped(partition_prefix)}[0-9]+|{_escaped(self._names.workers)})$"
+        overflow_prefix = self._names.overflow("")
+        alternatives = (
+            f"{_escaped(partition_prefix)}[0-9]+|{_escaped(overflow_prefix)}.+|{_escaped(self._names.workers)}"
+        )
+        regex = f"^({alternatives})$"
         queues: list[dict[str, Any]] = []
         for page in range(1, MAX_PAGES + 1):
             # By name: an order that does not change between two pages' calls.
@@ -163,16 +168,25 @@ class LaneStats:
                 break
         heads: list[float] = []
         unstamped = False
+        held = {str(q.get("name")) for q in queues if int(q.get("consumers") or 0) > 0}
         for queue in queues:
             consumers = int(queue.get("consumers") or 0)
-            if queue.get("name") == self._names.workers:
+            name = str(queue.get("name"))
+            if name == self._names.workers:
                 snapshot.workers = consumers  # absent (auto-deleted) while no worker runs
                 continue
             messages = int(queue.get("messages") or 0)
-            snapshot.partitions += 1
-            snapshot.partitions_held += consumers > 0
+            if name.startswith(overflow_prefix):
+                # A deep lane's excess: taken by whoever holds its lane's partition.
+                lane = name.removeprefix(overflow_prefix)
+                partition = self._names.partition(partition_of(lane, self._settings.lane_partitions))
+                unheld = partition not in held
+            else:
+                snapshot.partitions += 1
+                snapshot.partitions_held += consumers > 0
+                unheld = True
             snapshot.backlog += messages
-            snapshot.backlog_unheld += int(queue.get("messages_ready") or 0)
+            snapshot.backlog_unheld += int(queue.get("messages_ready") or 0) if unheld else 0
             if queue.get("head_message_timestamp"):
                 heads.append(float(queue["head_message_timestamp"]))
             elif messages:
@@ -199,12 +213,12 @@ def _families(snapshot: Snapshot) -> Iterator[Metric]:
     if snapshot.broker_up:
         yield _gauge(
             "lanes_backlog_requests",
-            "Requests accepted and not yet settled, in all partitions: waiting or running.",
+            "Requests accepted and not yet settled, in partitions and overflow queues: waiting or running.",
             snapshot.backlog,
         )
         yield _gauge(
             "lanes_backlog_unheld_requests",
-            "Of those, requests no worker process has taken yet (ready in a partition no worker holds).",
+            "Of those, requests no worker process has taken yet (ready where no worker holds the partition).",
             snapshot.backlog_unheld,
         )
         yield _gauge("lanes_partitions", "Partition queues that exist.", snapshot.partitions)

@@ -16,6 +16,7 @@ from deploy import autoscaler as autoscaler_module
 from deploy.autoscaler import Autoscaler, PartitionQueues, Policy, Reading, management_url
 from lanes.broker import Counts, QueueMissing
 from lanes.errors import BrokerError
+from lanes.lane.messages import partition_of
 from lanes.settings import Settings
 
 
@@ -322,6 +323,9 @@ def test_an_undeclared_partition_does_not_hide_the_others_for_long(broker: FakeB
     assert len(broker.missing) == len(readings)
 
 
+DEEP_USER = "user-0"
+
+
 def test_the_management_api_is_asked_once_for_the_partitions_and_only_them(
     broker: FakeBroker, management: tuple[str, list[dict[str, list[str]]], list[Any]]
 ) -> None:
@@ -332,16 +336,18 @@ def test_the_management_api_is_asked_once_for_the_partitions_and_only_them(
             {"name": "lanes.partition.1", "messages": 7},
             {"name": "lanes.partition.3", "messages": 0},
             {"name": "lanes.partition.9", "messages": 5},  # another LANE_PARTITIONS' leftover
+            {"name": f"lanes.overflow.{DEEP_USER}", "messages": 40},  # a deep lane's, in partition 2
         ]
     }
     queues = PartitionQueues(Settings(lane_partitions=4, rabbitmq_url="amqp://u:p@h:5672/lanes"), url)
 
-    assert queues.read().messages == (0, 7, 0, 0)
+    assert partition_of(DEEP_USER, 4) == 2
+    assert queues.read().messages == (0, 7, 40, 0)
     (query,) = queries
     assert query["path"] == ["/api/queues/lanes"]
     # The name filter applies only to a paged listing
     assert query["page"] == ["1"] and query["use_regex"] == ["true"]
-    assert query["name"] == [r"^lanes\.partition\..*"]
+    assert query["name"] == [r"^lanes\.(partition|overflow)\..*"]
 
 
 def test_a_silent_management_api_reads_as_unknown(broker: FakeBroker) -> None:

@@ -193,7 +193,7 @@ def test_the_worker_scales_0_to_max_on_the_lane_partitions_with_keda(rendered: P
         assert trigger["metadata"] == {
             "protocol": "http",
             "useRegex": "true",
-            "queueName": r"^lanes\.partition\..*",
+            "queueName": r"^lanes\.(partition|overflow)\..*",
             "operation": "sum",
             "mode": "QueueLength",
             "value": TEMPLATE.env_of(worker)["WORKER_SLOTS"],

@@ -54,7 +54,7 @@ def test_a_template_with_a_clashing_route_is_refused(tmp_path: Path) -> None:
 
 WORKER = (
     "  w: {source: functions/worker, trigger: rabbitmq, command: [python, main.py], "
-    "queue: '^lanes\\.partition\\..*', secrets: [MONGO_URI], scale: {min: 0, max: 2, target: 4}, "
+    "queue: '^lanes\\.(partition|overflow)\\..*', secrets: [MONGO_URI], scale: {min: 0, max: 2, target: 4}, "
     "env: {WORKER_SLOTS: '4'}}\n"
 )
 
@@ -62,7 +62,7 @@ WORKER = (
 @pytest.mark.parametrize(
     ("snippet", "complaint"),
     [
-        (WORKER.replace("^lanes", "^other"), "queue must be .* the lane partitions of QUEUE_PREFIX"),
+        (WORKER.replace("^lanes", "^other"), "queue must be .*: where QUEUE_PREFIX.s requests wait"),
         (WORKER.replace("secrets: [MONGO_URI]", "secrets: [NOPE]"), "not declared"),
         (WORKER.replace("target: 4", "concurrency: 4"), "unknown scale keys"),
         (WORKER.replace("min: 0, max: 2", "min: 3, max: 2"), "min <= max"),
@@ -80,6 +80,6 @@ def test_a_template_that_cannot_deploy_is_refused(tmp_path: Path, snippet: str, 
 def test_the_worker_scales_on_the_lane_partitions_one_message_per_slot() -> None:
     template = load()
     worker = template.worker
-    assert worker.queue == rf"^{template.env['QUEUE_PREFIX']}\.partition\..*"
+    assert worker.queue == rf"^{template.env['QUEUE_PREFIX']}\.(partition|overflow)\..*"
     assert worker.scale["target"] == int(template.env_of(worker)["WORKER_SLOTS"])
     assert worker.scale["min"] == 0

@@ -3,7 +3,6 @@ the acknowledgements of what its slots settled."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -17,6 +16,7 @@ from lanes.broker import PartitionDelivery, PartitionSession, QueueNames
 from lanes.errors import BrokerError, DatabaseError, retry_delay
 from lanes.lane.fencing import BrokerLease
 from lanes.lane.messages import LaneMessage, partition_of
+from lanes.lane.notices import SettledNotices
 from lanes.lane.overflow import Overflow
 from lanes.lane.scheduler import LaneScheduler, LanesSeen, Turn
 from lanes.settings import Settings
@@ -27,9 +27,6 @@ log = logging.getLogger("lanes.lane")
 BALANCE_SECONDS = 1.0
 # How long an idle slot waits for a turn before it looks whether the worker stops.
 IDLE_SECONDS = 0.5
-# The settled feed is sent at most this often, and at once past this many ids.
-SETTLED_FLUSH_SECONDS = 0.02
-SETTLED_FLUSH_IDS = 500
 
 
 @dataclass(frozen=True)
@@ -70,8 +67,7 @@ class Dispatcher:
         self._handed_back: set[str] = set()
         self._waiting_shown = False
         self._balanced_at = float("-inf")
-        self._announce: list[str] = []
-        self._announce_since = 0.0
+        self._notices = SettledNotices()
         self.turns: deque[Turn] = deque()  # handed to slots, taken by `take_turn`
         self._turns_ready = threading.Condition()
         self.reports: deque[Settled] = deque()
@@ -141,9 +137,9 @@ class Dispatcher:
                     self._balance()
                     self._feed_deep_lanes()
                     self._dispatch()
-                self._flush_announcements()
+                self._notices.flush(self._session.announce_settled)
         finally:
-            self._flush_announcements(force=True)
+            self._notices.flush(self._session.announce_settled, force=True)
             self._session.close()  # every unacknowledged message goes back to its partition
 
     def _take_back_undelivered_turns(self) -> None:
@@ -160,8 +156,9 @@ class Dispatcher:
     def _wait_seconds(self) -> float:
         """Until the next balance (at once after connecting) or the settled feed's flush."""
         wait = max(0.0, self._balanced_at + BALANCE_SECONDS - time.monotonic())
-        if self._announce:
-            wait = min(wait, max(0.0, self._announce_since + SETTLED_FLUSH_SECONDS - time.monotonic()))
+        flush = self._notices.seconds_to_flush()
+        if flush is not None:
+            wait = min(wait, flush)
         return wait
 
     def _take_deliveries(self) -> None:
@@ -179,7 +176,8 @@ class Dispatcher:
             message = self._parse(delivery)
             if message is None:
                 continue
-            if self._spills(message, delivery):
+            held = self._scheduler.waiting_ids(message.user_id, delivery.partition)
+            if self._overflow.spills(message.user_id, delivery.partition, message.request_id, held):
                 self._session.spill(message.user_id, delivery)
                 continue
             self._scheduler.add(Turn(message.user_id, delivery, message, self._epochs.get(delivery.partition, 0)))
@@ -192,39 +190,19 @@ class Dispatcher:
             self._session.ack(delivery)
             return None
 
-    def _spills(self, message: LaneMessage, delivery: PartitionDelivery) -> bool:
-        held = self._scheduler.waiting_ids(message.user_id, delivery.partition)
-        try:
-            return self._overflow.spills(message.user_id, delivery.partition, message.request_id, held)
-        except DatabaseError as error:  # cannot mark it deep: it waits in memory (the window bounds it)
-            log.warning("cannot mark a deep lane: %r", error)
-            return False
-
     def _feed_deep_lanes(self) -> None:
         """Fetch the next request of each deep lane whose turn comes, from its overflow queue."""
-        while (lane := self._overflow.next_to_feed(self._may_feed)) is not None:
-            partition = partition_of(lane, self._settings.lane_partitions)
-            delivery = self._session.fetch(lane, partition)
-            if delivery is None:
-                if self._session.drop_overflow(lane):
-                    self._drained(lane)
-                continue
+        for lane, delivery in self._overflow.feed(self._session, self._may_feed):
             message = self._parse(delivery)
             if message is None:
+                self._overflow.fed -= 1
                 self._overflow.settled(lane, waiting=0)
                 continue
-            self._scheduler.add(Turn(lane, delivery, message, self._epochs.get(partition, 0)))
-            self._overflow.fed += 1
+            self._scheduler.add(Turn(lane, delivery, message, self._epochs.get(delivery.partition, 0)))
 
     def _may_feed(self, lane: str, partition: int) -> bool:
         held = partition in self._session.held and partition not in self._draining
         return held and lane not in self._scheduler.running and not self._scheduler.waiting_ids(lane, partition)
-
-    def _drained(self, lane: str) -> None:
-        try:
-            self._overflow.drained(lane)
-        except DatabaseError as error:  # its next holder finds the entry stale and spills anew
-            log.warning("cannot clear a drained lane's entry: %r", error)
 
     def _settle_reports(self) -> None:
         while self.reports:
@@ -252,9 +230,7 @@ class Dispatcher:
             self._session.ack(report.turn.delivery)
             waiting = self._scheduler.waiting_ids(report.turn.lane, report.turn.delivery.partition)
             self._overflow.settled(report.turn.lane, len(waiting))
-            if not self._announce:
-                self._announce_since = time.monotonic()
-            self._announce.append(report.turn.message.request_id)
+            self._notices.add(report.turn.message.request_id)
             partition = report.turn.delivery.partition
             if partition in self._draining and not self._running_in(partition):
                 self._let_go(partition)
@@ -348,18 +324,6 @@ class Dispatcher:
         self._session.let_go(partition)
         self._epochs.pop(partition, None)
         self._overflow.let_go(partition)
-
-    def _flush_announcements(self, force: bool = False) -> None:
-        if not self._announce:
-            return
-        due = time.monotonic() - self._announce_since >= SETTLED_FLUSH_SECONDS
-        if force or due or len(self._announce) >= SETTLED_FLUSH_IDS:
-            body = json.dumps(self._announce, separators=(",", ":")).encode()
-            self._announce = []
-            try:
-                self._session.announce_settled(body)
-            except Exception as error:  # noqa: BLE001 - a hint: the ledgers verify before refusing
-                log.warning("could not announce settled requests: %r", error)
 
 
 class _NotConnected:

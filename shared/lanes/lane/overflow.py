@@ -20,14 +20,19 @@ is recorded, everything before it is settled too, and it spills at once.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from pymongo.database import Database
 
+from lanes.broker import PartitionDelivery, PartitionSession
 from lanes.db import translate_errors
+from lanes.errors import DatabaseError
+
+log = logging.getLogger("lanes.lane")
 
 
 @dataclass
@@ -94,7 +99,11 @@ class Overflow:
         if deep is None:
             if len(held) < self._window:
                 return False
-            self._registry.mark(lane, partition, held[-1])
+            try:
+                self._registry.mark(lane, partition, held[-1])
+            except DatabaseError as error:  # it waits in memory instead: the window bounds it
+                log.warning("cannot mark a deep lane: %r", error)
+                return False
             self._deep[lane] = DeepLane(partition)
             return True
         if deep.keep_until is not None:
@@ -123,7 +132,23 @@ class Overflow:
             self._hungry.append(lane)
         return None
 
+    def feed(
+        self, session: PartitionSession, may_feed: Callable[[str, int], bool]
+    ) -> Iterator[tuple[str, PartitionDelivery]]:
+        """The next request of each deep lane whose turn comes, fetched from its overflow
+        queue; a lane found empty there is shallow again, and its queue is deleted."""
+        while (lane := self.next_to_feed(may_feed)) is not None:
+            delivery = session.fetch(lane, self._deep[lane].partition)
+            if delivery is not None:
+                self.fed += 1
+                yield lane, delivery
+            elif session.drop_overflow(lane):
+                self.drained(lane)
+
     def drained(self, lane: str) -> None:
         """The lane's overflow queue is gone: it is shallow again."""
-        self._registry.clear(lane)
         self._deep.pop(lane, None)
+        try:
+            self._registry.clear(lane)
+        except DatabaseError as error:  # its next holder finds the entry stale and spills anew
+            log.warning("cannot clear a drained lane's entry: %r", error)

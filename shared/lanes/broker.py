@@ -110,6 +110,13 @@ class QueueNames:
         """Fanout exchange: the request ids workers settled, for the enqueue processes' ledgers."""
         return f"{self.prefix}.settled"
 
+    @property
+    def undeliverable(self) -> str:
+        """The exchange, and the queue bound to it, that partitions and overflow queues
+        dead-letter to: what the broker will not deliver again (a quorum queue's delivery
+        limit) waits there for an operator, with an alert, instead of being dropped."""
+        return f"{self.prefix}.undeliverable"
+
     def overflow(self, lane: str) -> str:
         """A deep lane's requests beyond what its worker holds (lanes.lane.overflow)."""
         return f"{self.prefix}.overflow.{lane}"
@@ -155,7 +162,10 @@ def partition_arguments(settings: Settings) -> dict[str, Any]:
     A quorum queue does not enforce exclusive consumers, so a quorum partition is a
     single-active-consumer queue: a worker that joins beside the holder receives nothing
     (docs/design.md §4.3)."""
-    arguments: dict[str, Any] = {"x-queue-type": settings.queue_type}
+    arguments: dict[str, Any] = {
+        "x-queue-type": settings.queue_type,
+        "x-dead-letter-exchange": QueueNames.of(settings).undeliverable,
+    }
     if settings.queue_type == "quorum":
         arguments["x-delivery-limit"] = QUORUM_DELIVERY_LIMIT
         arguments["x-single-active-consumer"] = True
@@ -230,6 +240,13 @@ class Channel:
                 return _counts(self.raw.queue_declare(name, durable=True, arguments=arguments))
         except ArgumentsDiffer:
             return self.counts(name)
+
+    def declare_undeliverable(self, names: QueueNames) -> None:
+        """The dead-letter exchange and its queue, before any queue that names it."""
+        with self._translated():
+            self.raw.exchange_declare(names.undeliverable, "fanout", durable=True)
+            self.raw.queue_declare(names.undeliverable, durable=True, arguments={"x-queue-type": "classic"})
+            self.raw.queue_bind(names.undeliverable, names.undeliverable)
 
     def counts(self, name: str) -> Counts:
         """A queue's counts (a passive declare); QueueMissing when it does not exist."""
@@ -360,6 +377,7 @@ class PartitionSession:
         self._partitions: dict[int, tuple[BlockingChannel, int]] = {}
         self.deliveries: deque[PartitionDelivery] = deque()
         self.control = Channel(self._connection)
+        self.control.declare_undeliverable(names)
         with self.control._translated():
             self._feed = self._connection.channel()
             self._feed.exchange_declare(names.settled, "fanout", durable=True)

@@ -64,6 +64,7 @@ class Snapshot:
     # None: requests wait, but no partition holding them reports a head timestamp.
     oldest_pending_age: float | None = 0.0
     dead_letters: int = 0
+    undeliverable: int = 0
 
 
 class ManagementApi:
@@ -155,10 +156,9 @@ class LaneStats:
         # setting: its requests are backlog that no worker will take.
         partition_prefix = self._names.partition(0).removesuffix("0")
         overflow_prefix = self._names.overflow("")
-        alternatives = (
-            f"{_escaped(partition_prefix)}[0-9]+|{_escaped(overflow_prefix)}.+|{_escaped(self._names.workers)}"
-        )
-        regex = f"^({alternatives})$"
+        partitions, overflows = f"{_escaped(partition_prefix)}[0-9]+", f"{_escaped(overflow_prefix)}.+"
+        others = f"{_escaped(self._names.workers)}|{_escaped(self._names.undeliverable)}"
+        regex = f"^({partitions}|{overflows}|{others})$"
         queues: list[dict[str, Any]] = []
         for page in range(1, MAX_PAGES + 1):
             # By name: an order that does not change between two pages' calls.
@@ -174,6 +174,9 @@ class LaneStats:
             name = str(queue.get("name"))
             if name == self._names.workers:
                 snapshot.workers = consumers  # absent (auto-deleted) while no worker runs
+                continue
+            if name == self._names.undeliverable:
+                snapshot.undeliverable = int(queue.get("messages") or 0)
                 continue
             messages = int(queue.get("messages") or 0)
             if name.startswith(overflow_prefix):
@@ -220,6 +223,11 @@ def _families(snapshot: Snapshot) -> Iterator[Metric]:
             "lanes_backlog_unheld_requests",
             "Of those, requests no worker process has taken yet (ready where no worker holds the partition).",
             snapshot.backlog_unheld,
+        )
+        yield _gauge(
+            "lanes_undeliverable_requests",
+            "Requests the broker dead-lettered instead of delivering again; they wait for an operator.",
+            snapshot.undeliverable,
         )
         yield _gauge("lanes_partitions", "Partition queues that exist.", snapshot.partitions)
         yield _gauge("lanes_partitions_held", "Partitions a worker process holds (consumes).", snapshot.partitions_held)

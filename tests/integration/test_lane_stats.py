@@ -39,6 +39,7 @@ GAUGES = {
     "lanes_workers_connected",
     "lanes_oldest_pending_age_seconds",
     "lanes_dead_letters",
+    "lanes_undeliverable_requests",
 }
 
 
@@ -166,6 +167,38 @@ def test_requests_without_a_timestamp_leave_the_age_out_and_a_stranded_partition
     assert snapshot.oldest_pending_age is None
     families = {family.name for family in stats.collect()}
     assert "lanes_oldest_pending_age_seconds" not in families and "lanes_backlog_requests" in families
+
+
+def test_a_deep_lanes_overflow_is_backlog_and_a_dead_lettered_request_is_undeliverable(settings: Settings) -> None:
+    # Given a deep lane's overflow queue holding 3 requests (its partition unheld), and a
+    # request a partition dead-lettered instead of delivering it again
+    names = QueueNames.of(settings)
+    deep = user_in(1)
+    with ChannelPool(settings).channel() as channel:
+        channel.declare_undeliverable(names)
+        channel.declare(names.overflow(deep), partition_arguments(settings))
+        for _ in range(3):
+            message = request_message(deep)
+            channel.publish(names.overflow(deep), message.body(), headers=message.headers())
+        channel.declare(names.partition(0), partition_arguments(settings))
+        refused = request_message(user_in(0))
+        channel.publish(names.partition(0), refused.body(), headers=refused.headers())
+        method, _properties, _body = channel.raw.basic_get(names.partition(0))
+        channel.raw.basic_reject(method.delivery_tag, requeue=False)  # what a delivery limit does
+    stats = LaneStats(settings, connect(settings))
+
+    # When the broker's statistics have caught up
+    snapshot: Snapshot = wait_until(
+        lambda: (s := stats.snapshot()).backlog == 3 and s.undeliverable == 1 and s,
+        timeout=STATS_TIMEOUT,
+        what="the broker's counts",
+    )
+
+    # Then the overflow's requests are unheld backlog (no worker holds partition 1), not a
+    # partition, and the dead-lettered one is counted where an operator's alert sees it
+    assert (snapshot.partitions, snapshot.backlog_unheld) == (1, 3)
+    families = {family.name: family for family in stats.collect()}
+    assert families["lanes_undeliverable_requests"].samples[0].value == 1
 
 
 def test_nothing_pending_reads_as_zero(settings: Settings) -> None:

@@ -43,6 +43,8 @@ class Sizes:
     growth_per_user: int
     growth_enqueue_rate: float  # /enqueue per second for the latency figure
     growth_reap_seconds: float
+    backlog_counts: tuple[int, ...]  # requests waiting when a worker starts
+    backlog_seconds: float  # how long that worker is watched
 
     @property
     def users(self) -> int:
@@ -77,6 +79,8 @@ FULL = Sizes(
     growth_per_user=20,
     growth_enqueue_rate=40,
     growth_reap_seconds=90,
+    backlog_counts=(30_000, 300_000),
+    backlog_seconds=40,
 )
 
 QUICK = Sizes(
@@ -103,6 +107,8 @@ QUICK = Sizes(
     growth_per_user=5,
     growth_enqueue_rate=20,
     growth_reap_seconds=10,
+    backlog_counts=(3_000, 30_000),
+    backlog_seconds=10,
 )
 
 

@@ -116,6 +116,15 @@ def targets(r: dict[str, Any]) -> list[Target]:
         out.append(
             Target(f"throughput at {high} vs {low} lanes", f"{ratio}x", wanted, None if ratio is None else ratio >= 0.7)
         )
+    for count, growth in (r.get("worker_rss_growth_mb_by_backlog") or {}).items():
+        out.append(
+            Target(
+                f"worker memory growth, {int(count):,} waiting",
+                f"{growth} MB",
+                "<= 20 MB",
+                growth <= 20,
+            )
+        )
     return out
 
 
@@ -203,6 +212,28 @@ def markdown(r: dict[str, Any], plots: list[str] | None = None) -> str:
     for count in sorted(memory, key=int):
         rows.append(
             (f"Partitions' memory, {int(count):,} lanes", "lanes_memory_mb_by_count", memory[count], None, "MB")
+        )
+    growth = r.get("worker_rss_growth_mb_by_backlog") or {}
+    per_request = r.get("broker_bytes_per_waiting_request") or {}
+    for count in sorted(growth, key=int):
+        rows.append(
+            (
+                f"Worker memory growth, {int(count):,} waiting",
+                "worker_rss_growth_mb_by_backlog",
+                growth[count],
+                None,
+                "MB",
+            )
+        )
+    for count in sorted(per_request, key=int):
+        rows.append(
+            (
+                f"Broker memory per waiting request, {int(count):,} waiting",
+                "broker_bytes_per_waiting_request",
+                per_request[count],
+                None,
+                " B",
+            )
         )
     rows.append(("Cold start: worker start → first result", "cold_start_s", r.get("cold_start_s"), None, "s"))
     stored = d.get("growth", {}).get("records")

@@ -391,6 +391,7 @@ class PartitionSession:
         self._shown: dict[str, str] = {}  # signal queue -> consumer tag
         self._overflow: tuple[BlockingChannel, int] | None = None
         self._overflow_declared: set[str] = set()
+        self._spill_channel: BlockingChannel | None = None
 
     @property
     def held(self) -> list[int]:
@@ -465,22 +466,28 @@ class PartitionSession:
 
     # -- deep lanes (lanes.lane.overflow) ------------------------------------------------
 
-    def spill(self, lane: str, delivery: PartitionDelivery) -> None:
-        """Move a partition message to the tail of its lane's overflow queue: published and
-        confirmed there first, then acknowledged in the partition. A crash in between leaves
-        a copy in both, and the later one is found settled when its turn comes."""
-        queue_name = self._names.overflow(lane)
-        if queue_name not in self._overflow_declared:
-            self.control.declare(queue_name, partition_arguments(self._settings))
-            self._overflow_declared.add(queue_name)
-        try:
-            self.control.publish(queue_name, delivery.body, headers=delivery.headers, timestamp=delivery.timestamp)
-        except QueueMissing:  # deleted since this session declared it
-            self._overflow_declared.discard(queue_name)
-            raise BrokerError("a deep lane's overflow queue went missing") from None
-        except Refused:
-            raise BrokerError("RabbitMQ refused a deep lane's request") from None
-        self.ack(delivery)
+    def spill(self, spilled: list[tuple[str, PartitionDelivery]]) -> None:
+        """Move partition messages to the tails of their lanes' overflow queues: published
+        there in one transaction, committed (on disk) before any is acknowledged in its
+        partition. A crash in between leaves a copy in both, and the later one is found
+        settled when its turn comes. One round trip for the whole batch."""
+        for lane, _delivery in spilled:
+            queue_name = self._names.overflow(lane)
+            if queue_name not in self._overflow_declared:
+                # Declared by this session first: a transaction's publish to a missing
+                # queue would be dropped, not refused.
+                self.control.declare(queue_name, partition_arguments(self._settings))
+                self._overflow_declared.add(queue_name)
+        with self.control._translated():
+            if self._spill_channel is None or not self._spill_channel.is_open:
+                self._spill_channel = self._connection.channel()
+                self._spill_channel.tx_select()
+            for lane, delivery in spilled:
+                properties = _persistent(delivery.timestamp, delivery.headers)
+                self._spill_channel.basic_publish("", self._names.overflow(lane), delivery.body, properties)
+            self._spill_channel.tx_commit()
+        for _lane, delivery in spilled:
+            self.ack(delivery)
 
     def fetch(self, lane: str, partition: int) -> PartitionDelivery | None:
         """The next request in the lane's overflow queue, unacknowledged; None when it is empty."""

@@ -167,6 +167,7 @@ class Dispatcher:
             # Busy at once (the next balance may be a second away): an autoscaler about to
             # stop this idle-looking worker must see the work it was just given.
             self._session.show(busy=True, waiting=self._waiting_shown)
+        spilled: list[tuple[str, PartitionDelivery]] = []
         while deliveries:
             delivery = deliveries.popleft()
             if not self._session.holds(delivery):
@@ -178,9 +179,11 @@ class Dispatcher:
                 continue
             held = self._scheduler.waiting_ids(message.user_id, delivery.partition)
             if self._overflow.spills(message.user_id, delivery.partition, message.request_id, held):
-                self._session.spill(message.user_id, delivery)
+                spilled.append((message.user_id, delivery))
                 continue
             self._scheduler.add(Turn(message.user_id, delivery, message, self._epochs.get(delivery.partition, 0)))
+        if spilled:
+            self._session.spill(spilled)
 
     def _parse(self, delivery: PartitionDelivery) -> LaneMessage | None:
         try:

@@ -71,7 +71,14 @@ def _kill_holders_repeatedly(user: Api, workers: Workers, database: Any, env: di
     # Attempts enough that no request fails for being killed three times in a row (a
     # loaded machine starts workers slowly, and the oldest is the next one killed): this
     # scenario is about order; a request that kills every worker is test_worker_crash's.
-    patient = {"WORKER_SLOTS": "2", "MAX_ATTEMPTS": str(KILLS)}
+    # A short time limit: a killed holder's running request waits out its deadline
+    # (lanes.lane.fencing) before the next holder runs it, and many kills hit one.
+    patient = {
+        "WORKER_SLOTS": "2",
+        "MAX_ATTEMPTS": str(KILLS),
+        "REQUEST_TIMEOUT_SECONDS": "1",
+        "FENCE_GRACE_SECONDS": "0.5",
+    }
     workers.start(2, **patient)
     # When the lane's holder is SIGKILLed 50 times, mid-request more often than not, and replaced
     for _ in range(KILLS):

@@ -105,10 +105,11 @@ def test_after_everyone_finished_no_per_user_queue_and_no_open_request_remain(st
     prefix = stack.env.get("QUEUE_PREFIX", "lanes")
     partitions = {f"{prefix}.partition.{k}" for k in range(16)}
     # The shared queues: the partitions, the workers' roster and state signals, the
-    # sweeper's election, and each enqueue process's private settled feed (named by the
-    # broker, gone with it).
+    # sweeper's election, what the broker would not deliver again, and each enqueue
+    # process's private settled feed (named by the broker, gone with it). No deep lane's
+    # overflow queue outlives its backlog.
     workers = {f"{prefix}.workers", f"{prefix}.workers.busy", f"{prefix}.workers.waiting"}
-    shared = partitions | workers | {f"{prefix}.sweeper"}
+    shared = partitions | workers | {f"{prefix}.sweeper", f"{prefix}.undeliverable"}
 
     # Then the broker holds no queue of a user, the partitions are empty (their stats lag
     # by up to 5 s), and no request is left open

@@ -952,3 +952,31 @@ def test_knative_and_openfaas_send_a_replica_at_most_the_requests_gunicorn_serve
     login = render.knative_service(changed, changed.function("login"), OPTIONS)["spec"]["template"]["spec"]
     env = {**config, **{e["name"]: e["value"] for e in login["containers"][0]["env"] if "value" in e}}
     assert login["containerConcurrency"] == _gunicorn_slots("login", env, tmp_path) == 12
+
+
+DEPLOY_DOC = (ROOT / "docs/deploy.md").read_text()
+
+
+def test_every_path_docs_deploy_applies_is_rendered(rendered: Path) -> None:
+    paths = set(re.findall(r"deploy-out/([\w./-]+)", DEPLOY_DOC))
+    assert {"knative", "knative/monitoring", "openfaas-standard", "openfaas-ce/stack.yml"} <= paths
+    for path in paths:
+        target = rendered / path.rstrip("/")
+        assert target.exists(), path
+        if target.is_dir():  # applied with -k
+            assert (target / "kustomization.yaml").is_file(), path
+
+
+def test_docs_deploy_creates_every_secret_the_manifests_read_and_lists_every_flag(rendered: Path) -> None:
+    per_function = set(re.findall(r"`(\w+-(?:mongo-uri|rabbitmq-url|rabbitmq-management-url))`", DEPLOY_DOC))
+    rendered_secrets = {name for (kind, name) in objects(rendered / "knative") if kind == "Secret"}
+    assert per_function and per_function <= rendered_secrets
+    loops = re.findall(r"for f in ([\w ]+); do\n\s+kubectl -n \$NS create secret generic \$f-([\w-]+)", DEPLOY_DOC)
+    created = {f"{f}-{suffix}" for names, suffix in loops for f in names.split()}
+    created |= set(re.findall(r"create secret generic ([a-z][\w.-]+)", DEPLOY_DOC))
+    needed = {n for n in rendered_secrets if n != "jwt-secret"}  # the optional HS256 key
+    assert needed <= created, sorted(needed - created)
+    flags = set(re.findall(r"`(--[a-z-]+)`", DEPLOY_DOC))
+    parser_flags = set(re.findall(r'"(--[a-z-]+)"', (ROOT / "deploy/render.py").read_text()))
+    assert parser_flags - {"--out", "--template", "--openfaas-edition"} <= flags
+    assert flags <= parser_flags | {"--server-side"}

@@ -11,6 +11,9 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 from deploy.template import ROOT, load
 
@@ -127,20 +130,21 @@ def test_every_locked_package_has_hashes_and_the_development_version(lock: str) 
         assert expected == version, f"{lock} pins {name}=={version}, requirements.lock {expected}"
 
 
-def _pins(requirements: list[str]) -> dict[str, str]:
-    pins = {}
-    for requirement in requirements:
-        match = re.match(r"([A-Za-z0-9._-]+)(?:\[[^]]*\])?==([^\s;]+)", requirement)
-        if match:
-            pins[_normal(match.group(1))] = match.group(2)
-    return pins
+def _declared(requirements: list[str]) -> dict[str, SpecifierSet]:
+    """Distribution -> the versions a declaration allows (a `lanes[...]` self-reference is left out)."""
+    found = {}
+    for line in requirements:
+        requirement = Requirement(line)
+        if requirement.name != "lanes":
+            found[_normal(requirement.name)] = requirement.specifier
+    return found
 
 
-def test_the_locks_hold_the_declared_versions() -> None:
-    # `make lock` after a change to a declaration; a stale lock fails here, not in an image build.
+def _declarations() -> dict[str, dict[str, SpecifierSet]]:
+    """Lock file -> what the declarations it is written from allow, by distribution."""
     shared = tomllib.loads((ROOT / "shared/pyproject.toml").read_text())["project"]
     declared = {
-        "requirements.lock": _pins(
+        "requirements.lock": _declared(
             shared["dependencies"]
             + [r for extra in shared["optional-dependencies"].values() for r in extra]
             + tomllib.loads((ROOT / "client/pyproject.toml").read_text())["project"]["dependencies"]
@@ -155,11 +159,32 @@ def test_the_locks_hold_the_declared_versions() -> None:
                     extras |= set(requirement[len("lanes[") : -1].split(","))
                 else:
                     requirements.append(requirement)
-        declared[f"functions/{function}/requirements.lock"] = _pins(requirements)
-    for lock, pins in declared.items():
+        declared[f"functions/{function}/requirements.lock"] = _declared(requirements)
+    return declared
+
+
+def test_the_locks_hold_versions_the_declarations_allow() -> None:
+    # `make lock` after a change to a declaration; a stale lock fails here, not in an image build.
+    for lock, allowed in _declarations().items():
         locked = {name: entry[0] for name, entry in _lock(ROOT / lock).items()}
-        for name, version in pins.items():
-            assert locked.get(name) == version, f"{lock} has {name}=={locked.get(name)}, declared {version}: make lock"
+        for name, specifier in allowed.items():
+            assert name in locked, f"{lock} does not install {name}: make lock"
+            assert locked[name] in specifier, f"{lock} has {name}=={locked[name]}, declared {specifier}: make lock"
+
+
+def test_the_shared_package_declares_ranges_so_an_upgrade_can_move_them() -> None:
+    # The locks pin; shared/pyproject.toml says which versions work, from the tested one up
+    # to (not including) the next major release, or the next minor one of a 0.x project.
+    for lock, allowed in _declarations().items():
+        if lock == "requirements.lock":
+            continue
+        locked = {name: entry[0] for name, entry in _lock(ROOT / lock).items()}
+        for name, specifier in allowed.items():
+            bounds = {spec.operator: Version(spec.version) for spec in specifier}
+            assert set(bounds) == {">=", "<"}, f"{name}: {specifier} is not a range"
+            low, high = bounds[">="], bounds["<"]
+            assert low <= Version(locked[name]) < high
+            assert high == (Version(f"0.{low.minor + 1}") if low.major == 0 else Version(f"{low.major + 1}")), name
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)

@@ -62,7 +62,21 @@ KEDA_RABBITMQ_VALUES = {
     "excludeUnacknowledged": {"true", "false"},
     "unsafeSsl": {"true", "false"},
 }
-KEDA_RABBITMQ_AUTH_PARAMETERS = {"host", "vhostName", "username", "password", "tls", "ca", "cert", "key"}
+# The rabbitmq scaler's parameters that a TriggerAuthentication may set (`order=...authParams`
+# in kedacore/keda pkg/scalers/rabbitmq_scaler.go, rabbitMQMetadata, v2.20).
+KEDA_RABBITMQ_AUTH_PARAMETERS = {
+    "host",
+    "protocol",
+    "vhostName",
+    "username",
+    "password",
+    "tls",
+    "ca",
+    "cert",
+    "key",
+    "keyPassword",
+    "workloadIdentityResource",
+}
 
 
 def documents(path: Path) -> Iterator[dict[str, Any]]:

@@ -519,6 +519,61 @@ def test_one_httproute_serves_exactly_the_templates_public_routes(rendered: Path
     assert openfaas["metadata"]["namespace"] == "openfaas"
 
 
+def _granted(grants: list[dict[str, Any]], route: dict[str, Any], backend: dict[str, Any]) -> bool:
+    """Does a ReferenceGrant in the backend's namespace let this HTTPRoute name it? (Gateway API:
+    a reference to another namespace is valid only if a ReferenceGrant there allows it,
+    kubernetes-sigs/gateway-api apis/v1/shared_types.go and apis/v1beta1/referencegrant_types.go.)"""
+    namespace = backend.get("namespace", route["metadata"]["namespace"])
+    if namespace == route["metadata"]["namespace"]:
+        return True
+    for grant in grants:
+        if grant["metadata"]["namespace"] != namespace:
+            continue
+        sources = grant["spec"]["from"]
+        targets = grant["spec"]["to"]
+        source_ok = any(
+            (f["group"], f["kind"], f["namespace"])
+            == ("gateway.networking.k8s.io", "HTTPRoute", route["metadata"]["namespace"])
+            for f in sources
+        )
+        target_ok = any(
+            (t["group"], t["kind"]) == ("", "Service") and t.get("name", backend["name"]) == backend["name"]
+            for t in targets
+        )
+        if source_ok and target_ok:
+            return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [[], ["--knative-local-gateway", "istio-system/knative-local-gateway:80"]],
+)
+def test_the_knative_route_names_no_externalname_service_and_every_cross_namespace_backend_is_granted(
+    tmp_path: Path, flags: list[str]
+) -> None:
+    # The Service Knative makes per Knative Service (named like it, in its namespace) is an
+    # ExternalName, which implementations SHOULD NOT support (gateway-api
+    # apis/v1/object_reference_types.go, BackendObjectReference.Kind): the route must not name it.
+    # The default backend is Kourier's local gateway: Service kourier-internal in kourier-system,
+    # port 80 (knative-extensions/net-kourier, config/300-gateway.yaml).
+    render.main(["knative", "--registry", REGISTRY, "--out", str(tmp_path), *flags])
+    found = objects(tmp_path)
+    route = found[("HTTPRoute", TEMPLATE.name)]
+    grants = [m for (kind, _), m in found.items() if kind == "ReferenceGrant"]
+    knative_services = {(TEMPLATE.namespace, f.name) for f in TEMPLATE.http_functions}
+    backends = [b for rule in route["spec"]["rules"] for b in rule["backendRefs"]]
+    assert backends
+    for backend in backends:
+        assert (backend.get("namespace", TEMPLATE.namespace), backend["name"]) not in knative_services
+        assert _granted(grants, route, backend), backend
+        assert backend["port"] == 80
+    for grant in grants:
+        assert not validate.validate(grant)
+    # Without its grant the route would be refused: the check is not vacuous.
+    assert not any(_granted([], route, b) for b in backends)
+
+
 def test_knative_services_are_reachable_only_through_the_route(rendered: Path) -> None:
     for function in TEMPLATE.http_functions:
         service = objects(rendered / "knative")[("Service", function.name)]

@@ -851,6 +851,52 @@ def test_the_namespace_enforces_a_pod_security_standard(rendered: Path, target: 
     assert labels["pod-security.kubernetes.io/enforce-version"] == "latest"
 
 
+# The Pod Security Standard `restricted` (kubernetes.io/docs/concepts/security/pod-security-standards):
+# the volume types it allows, and what every container must set.
+RESTRICTED_VOLUMES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret",
+}  # fmt: skip
+
+
+def restricted_problems(spec: dict[str, Any]) -> list[str]:
+    problems = []
+    for volume in spec.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        problems += [f"volume {volume['name']}: {k}" for k in kinds - RESTRICTED_VOLUMES]
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(field):
+            problems.append(field)
+    pod_security = spec.get("securityContext", {})
+    for container in spec["containers"]:
+        security = {**pod_security, **container.get("securityContext", {})}
+        if security.get("privileged"):
+            problems.append("privileged")
+        if security.get("allowPrivilegeEscalation") is not False:
+            problems.append("allowPrivilegeEscalation")
+        if security.get("runAsNonRoot") is not True or security.get("runAsUser") == 0:
+            problems.append("runAsNonRoot")
+        if security.get("seccompProfile", {}).get("type") not in ("RuntimeDefault", "Localhost"):
+            problems.append("seccompProfile")
+        capabilities = security.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []) or set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            problems.append("capabilities")
+        if any("hostPort" in port for port in container.get("ports", [])):
+            problems.append("hostPort")
+    return problems
+
+
+@pytest.mark.parametrize("target", render.TARGETS)
+def test_lanes_own_pods_meet_the_restricted_pod_security_standard(rendered: Path, target: str) -> None:
+    specs = _pod_specs(rendered, target if target == "knative" else f"{target}/worker")
+    assert specs
+    for name, spec in specs.items():
+        assert restricted_problems(spec) == [], name
+    broken = copy.deepcopy(next(iter(specs.values())))
+    broken["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    broken["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    assert restricted_problems(broken) == ["volume host: hostPath", "allowPrivilegeEscalation"]
+
+
 @pytest.mark.parametrize("target", render.TARGETS)
 def test_every_function_has_a_network_policy_and_a_disruption_budget(rendered: Path, target: str) -> None:
     found = objects(rendered / (target if target == "knative" else f"{target}/worker"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -240,29 +241,51 @@ def token_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"JWT_PUBLIC_KEY_FILE": str(public), "JWT_PRIVATE_KEY_FILE": str(private)}
 
 
+@pytest.fixture(scope="module")
+def lanes_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """shared/ as the wheel the images' first stage builds (pip wheel --no-deps
+    --no-build-isolation, with the setuptools of requirements-build.lock), from a copy so
+    that no build files land in the work tree."""
+    source = tmp_path_factory.mktemp("shared") / "shared"
+    shutil.copytree(ROOT / "shared", source, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__", "build"))
+    wheels = tmp_path_factory.mktemp("wheels")
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps"),
+            *("--no-build-isolation", "--wheel-dir", str(wheels), str(source)),
+        ],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = wheels.glob("lanes-*.whl")
+    return wheel
+
+
 @pytest.mark.skipif(not UV.is_file(), reason="uv is installed by make setup")
 @pytest.mark.parametrize("function", FUNCTIONS)
 def test_the_functions_lock_alone_installs_with_hashes_and_serves(
-    function: str, tmp_path: Path, token_keys: dict[str, str]
+    function: str, tmp_path: Path, token_keys: dict[str, str], lanes_wheel: Path
 ) -> None:
-    """What the image's install step does, in a fresh virtualenv: the function's lock with
-    --require-hashes (uv, from its cache after the first run), then shared/ as the lanes
-    package, and nothing else. The function then starts as its image's CMD starts it and
-    answers its liveness probe: /healthz for an HTTP function, the worker's /metrics.
-    The database and the broker are absent (a closed port): liveness must not need them."""
+    """What the image's install steps do, in a fresh virtualenv: the function's lock with
+    --require-hashes (uv, from its cache after the first run), then the lanes wheel with
+    --no-deps --no-index, and nothing else. The function then starts as its image's CMD
+    starts it and answers its liveness probe: /healthz for an HTTP function, the worker's
+    /metrics. The database and the broker are absent (a closed port): liveness must not need them."""
     spec = load().function(function)
     venv = tmp_path / "venv"
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([UV, "venv", "--quiet", "--python", base, venv], check=True, timeout=120)
     python = venv / "bin" / "python"
-    install = [UV, "pip", "install", "--quiet", "--require-hashes", "--python", python]
-    subprocess.run([*install, "-r", ROOT / spec.source / "requirements.lock"], check=True, timeout=600)
+    install = [UV, "pip", "install", "--quiet", "--python", python]
+    subprocess.run(
+        [*install, "--require-hashes", "-r", ROOT / spec.source / "requirements.lock"], check=True, timeout=600
+    )
+    subprocess.run([*install, "--no-deps", "--no-index", lanes_wheel], check=True, timeout=120)
     port = _free_port()
     closed = _free_port()  # nothing listens there
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp_path),
-        "PYTHONPATH": str(ROOT / "shared"),  # the image installs it as a wheel (--no-deps)
         "DATA_DIR": str(tmp_path / "data"),
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
         "MONGO_URI": f"mongodb://127.0.0.1:{closed}/lanes",
@@ -298,8 +321,9 @@ def test_the_functions_lock_alone_installs_with_hashes_and_serves(
     listed = subprocess.run(
         [UV, "pip", "freeze", "--python", python], check=True, capture_output=True, text=True
     ).stdout
-    installed = {_normal(line.split("==")[0]) for line in listed.splitlines() if "==" in line}
-    assert installed == set(_function_lock(function)), installed ^ set(_function_lock(function))
+    installed = {_normal(re.split(r"==| @ ", line)[0]) for line in listed.splitlines() if line.strip()}
+    expected = {*_function_lock(function), "lanes"}
+    assert installed == expected, installed ^ expected
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)

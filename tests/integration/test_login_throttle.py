@@ -55,12 +55,13 @@ def test_an_attacker_failing_50_times_does_not_keep_the_owner_out(api: Api) -> N
     # Then the attacker's address got five tries and is locked, whatever it claimed
     assert answers == [401] * 5 + [429] * 45
     assert _login(attacker, name, PASSWORD).status_code == 429, "even the right password waits at that address"
-    # And alice, from her own address, logs in at once
+    # And alice, from her own address, logs in at once: no lock, and five failures are far
+    # from slowing her username down (LOGIN_USERNAME_MAX_FAILURES is 20)
     owner = from_address(api.base_url)
     started = time.monotonic()
     response = _login(owner, name, PASSWORD)
     assert response.status_code == 200, response.text
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.0, "one argon2 hash and a few round trips, nothing more"
 
 
 def test_five_failures_lock_the_pair_even_for_the_right_password(api: Api) -> None:

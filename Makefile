@@ -35,12 +35,19 @@ format: setup
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-RENDER_FLAGS = $(if $(REGISTRY),--registry $(REGISTRY)) $(if $(TAG),--tag $(TAG))
-render: setup  ## manifests: make render OUT=DIR [REGISTRY=…] [TAG=…] -> DIR/knative/, DIR/openfaas-ce/, DIR/openfaas-standard/
-	@test -n "$(OUT)" || { echo "usage: make render OUT=DIR [REGISTRY=ghcr.io/acme] [TAG=0.1.0]" >&2; exit 2; }
-	$(PY) -m deploy.render knative --out $(OUT)/knative $(RENDER_FLAGS)
-	$(PY) -m deploy.render openfaas --openfaas-edition ce --out $(OUT)/openfaas-ce $(RENDER_FLAGS)
-	$(PY) -m deploy.render openfaas --openfaas-edition standard --out $(OUT)/openfaas-standard $(RENDER_FLAGS)
+# The renderer's own small environment: Python, PyYAML and the template code (no setup).
+RENDER_ENV := build/render-env
+RENDER_PY ?= $(RENDER_ENV)/bin/python
+RENDER_FLAGS = --registry $(REGISTRY) $(if $(TAG),--tag $(TAG)) $(FLAGS)
+$(RENDER_ENV)/.installed: requirements-render.lock
+	python3 -m venv $(RENDER_ENV)
+	$(RENDER_ENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes -r requirements-render.lock
+	touch $@
+render: $(if $(filter $(RENDER_ENV)/bin/python,$(RENDER_PY)),$(RENDER_ENV)/.installed)  ## manifests: make render OUT=DIR REGISTRY=ghcr.io/acme [TAG=…] [FLAGS=…] -> DIR/knative/, DIR/openfaas-ce/, DIR/openfaas-standard/
+	@test -n "$(OUT)" -a -n "$(REGISTRY)" || { echo "usage: make render OUT=DIR REGISTRY=ghcr.io/acme [TAG=0.1.0] [FLAGS='--hostname …']" >&2; exit 2; }
+	PYTHONPATH=shared $(RENDER_PY) -m deploy.render knative --out $(OUT)/knative $(RENDER_FLAGS)
+	PYTHONPATH=shared $(RENDER_PY) -m deploy.render openfaas --openfaas-edition ce --out $(OUT)/openfaas-ce $(RENDER_FLAGS)
+	PYTHONPATH=shared $(RENDER_PY) -m deploy.render openfaas --openfaas-edition standard --out $(OUT)/openfaas-standard $(RENDER_FLAGS)
 
 prometheus: setup  ## Prometheus on http://127.0.0.1:9090 scraping `make run` (PORT), with Lanes' alerts
 	$(PY) -m deploy.prometheus --target 127.0.0.1:$(PORT)

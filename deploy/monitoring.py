@@ -30,8 +30,10 @@ def scrape_annotations(port: int, path: str = "/metrics") -> dict[str, str]:
     return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": path}
 
 
-def pod_monitor(name: str, namespace: str, meta_labels: dict[str, str], names: list[str], port: int) -> Manifest:
-    """Scrape `port` of every pod whose app.kubernetes.io/name is one of `names`."""
+def pod_monitor(name: str, namespace: str, meta_labels: dict[str, str], names: list[str], port: str) -> Manifest:
+    """Scrape the container port named `port` of every pod whose app.kubernetes.io/name is one
+    of `names`. By name, which every prometheus-operator release reads: `portNumber` exists
+    only from v0.79 (prometheus-operator CHANGELOG, 0.79.0)."""
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PodMonitor",
@@ -43,8 +45,7 @@ def pod_monitor(name: str, namespace: str, meta_labels: dict[str, str], names: l
             "namespaceSelector": {"matchNames": [namespace]},
             "podMetricsEndpoints": [
                 {
-                    # By number: Knative renames the user container's port to `user-port`.
-                    "portNumber": port,
+                    "port": port,
                     "path": "/metrics",
                     "relabelings": [
                         {"action": "replace", "targetLabel": "job", "replacement": JOB},

@@ -69,7 +69,30 @@ def function_env(template: Template, function: Function, base: dict[str, str]) -
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_root / function.name)
     if function.name == "status":
         env["METRICS_ROOT"] = str(metrics_root)
+    # Each function reaches the broker as a user of its own (deploy.services.function_urls).
+    own = broker_urls(env).get(function.name)
+    if own:
+        env["RABBITMQ_URL"] = own
+    if function.name == "worker":
+        env.pop("RABBITMQ_MANAGEMENT_URL", None)  # the worker never reads the management API
     return env
+
+
+_BROKER_URLS: dict[tuple[str, str, str], dict[str, str]] = {}
+
+
+def broker_urls(env: dict[str, str]) -> dict[str, str]:
+    """Each function's RABBITMQ_URL, when the runner's own is the broker's administrator (the
+    embedded broker, a test's vhost); else none, and every function keeps the one it has."""
+    if not env.get("RABBITMQ_URL"):
+        return {}
+    api = management_url(
+        env["RABBITMQ_URL"], env.get("RABBITMQ_MANAGEMENT_URL", ""), int(env.get("RABBITMQ_MANAGEMENT_PORT", "15672"))
+    )
+    key = (env["RABBITMQ_URL"], api, env.get("QUEUE_PREFIX") or "lanes")
+    if key not in _BROKER_URLS:
+        _BROKER_URLS[key] = services.function_urls(*key)
+    return _BROKER_URLS[key]
 
 
 # The runner is the local platform: here the `fail` action is on (unless the environment or
@@ -236,8 +259,10 @@ def autoscaler(template: Template, data_dir: Path, idle_seconds: float | None = 
     from lanes.settings import Settings
 
     worker = template.worker
-    env = function_env(template, worker, base_env(data_dir))
-    settings = Settings.from_env(env)
+    base = base_env(data_dir)
+    env = function_env(template, worker, base)
+    # The platform's own view of the broker (as KEDA's trigger has), not the worker's user.
+    settings = Settings.from_env({**env, "RABBITMQ_URL": base["RABBITMQ_URL"]})
     policy = Policy(
         min_workers=worker.scale.get("min", 0),
         max_workers=worker.scale.get("max", 1),
@@ -248,8 +273,8 @@ def autoscaler(template: Template, data_dir: Path, idle_seconds: float | None = 
     )
     api = management_url(
         settings.rabbitmq_url,
-        env.get("RABBITMQ_MANAGEMENT_URL", ""),
-        int(env.get("RABBITMQ_MANAGEMENT_PORT", "15672")),
+        base.get("RABBITMQ_MANAGEMENT_URL", ""),
+        int(base.get("RABBITMQ_MANAGEMENT_PORT", "15672")),
     )
     queue = PartitionQueues(settings, api)
 

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
+import hmac
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 from urllib.error import HTTPError, URLError
-from urllib.parse import quote, urlparse
+from urllib.parse import quote, unquote, urlparse, urlunparse
 from urllib.request import Request, urlopen
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,8 +151,10 @@ class RabbitMQ:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"RabbitMQ's management API did not answer; see {self.home / 'logs'}") from None
                 time.sleep(0.5)
-        self._ctl("add_user", who.user, who.password)
-        self._ctl("change_password", who.user, who.password)  # a user kept from an earlier file
+        # The password goes in on stdin, never in argv, where any local user could read it
+        # (and where one that begins with `-` would be taken for an option).
+        self._ctl("add_user", who.user, stdin=who.password)
+        self._ctl("change_password", who.user, stdin=who.password)  # a user kept from an earlier file
         self._ctl("set_user_tags", who.user, "administrator")
         self._ctl("set_permissions", "-p", "/", who.user, ".*", ".*", ".*")
         self._ctl("delete_user", "guest")
@@ -160,10 +165,11 @@ class RabbitMQ:
             self._ctl("stop", str(pid_file))
             pid_file.unlink(missing_ok=True)
 
-    def _ctl(self, *args: str) -> None:
+    def _ctl(self, *args: str, stdin: str | None = None) -> None:
         subprocess.run(
             [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, *args],
             env=self._env(),
+            input=None if stdin is None else f"{stdin}\n".encode(),
             check=False,
             capture_output=True,
             timeout=120,
@@ -245,11 +251,87 @@ class FerretDB:
         self.pid_file.unlink(missing_ok=True)
 
 
+# Each function reaches the broker as a user of its own, with the rights it needs and no
+# more (`function_urls`). Per function: (configure, write, read) permission regexes for
+# the queue prefix `p`, and the user's tags. Publishing to a partition is a write on the
+# default exchange (`amq.default`); the enqueue function's settled feed is a server-named
+# queue (`amq.gen-…`) bound to `<p>.settled`.
+FUNCTION_TAGS = {"enqueue": "", "worker": "", "status": "monitoring"}
+
+
+def function_permissions(prefix: str) -> dict[str, tuple[str, str, str]]:
+    p = re.escape(prefix)
+    partitions = rf"{p}\.partition\.[0-9]+"
+    settled = rf"{p}\.settled"
+    feed = r"amq\.gen-.*"
+    roster = rf"{p}\.workers(\.busy|\.waiting)?|{p}\.sweeper"
+    return {
+        # Declare the partitions and publish into them; follow the settled notices.
+        "enqueue": (f"^({partitions}|{settled}|{feed})$", rf"^(amq\.default|{feed})$", f"^({settled}|{feed})$"),
+        # Hold and consume the partitions, publish settled notices, join the roster and
+        # the sweeper election; never publish a request.
+        "worker": (f"^({partitions}|{settled}|{roster})$", f"^({settled})$", f"^({partitions}|{roster})$"),
+        # Read-only: the management API's figures (tag `monitoring`) and the sweeper
+        # election, which only consumes an empty queue of its own.
+        "status": (rf"^{p}\.sweeper$", "^$", rf"^{p}\.sweeper$"),
+    }
+
+
+def function_user(admin: Credentials, function: str) -> Credentials:
+    """A function's broker user, its password derived from the administrator's: every
+    runner of this broker sets the same one, so stacks that share it never lock each
+    other out, and only who holds the administrator's password can know it."""
+    digest = hmac.new(admin.password.encode(), f"lanes broker user {function}".encode(), hashlib.sha256).digest()
+    return Credentials(f"{admin.user}-{function}", base64.urlsafe_b64encode(digest).decode().rstrip("="))
+
+
+def function_urls(amqp_url: str, management: str, prefix: str) -> dict[str, str]:
+    """The AMQP URL of each function (enqueue, worker, status) on `amqp_url`'s broker and
+    vhost, as a user of its own with `function_permissions`; made through the management
+    API at `management` (http://host:port) as `amqp_url`'s user. Empty when that user is
+    no administrator (the operator named the functions' users): then all share `amqp_url`."""
+    amqp = urlparse(amqp_url)
+    admin = Credentials(unquote(amqp.username or "guest"), unquote(amqp.password or "guest"))
+    vhost = unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
+    base = management.rstrip("/")
+    try:
+        if "administrator" not in _tags(_management_at(base, admin, "GET", "/api/whoami")):
+            return {}
+    except (HTTPError, URLError, OSError):
+        return {}
+    urls = {}
+    for function, (configure, write, read) in function_permissions(prefix).items():
+        who = function_user(admin, function)
+        body = {"password": who.password, "tags": FUNCTION_TAGS[function]}
+        _management_at(base, admin, "PUT", f"/api/users/{quote(who.user, safe='')}", body)
+        rights = {"configure": configure, "write": write, "read": read}
+        _management_at(
+            base, admin, "PUT", f"/api/permissions/{quote(vhost, safe='')}/{quote(who.user, safe='')}", rights
+        )
+        netloc = f"{quote(who.user, safe='')}:{quote(who.password, safe='')}@{amqp.hostname}"
+        if amqp.port:
+            netloc += f":{amqp.port}"
+        urls[function] = urlunparse(amqp._replace(netloc=netloc))
+    return urls
+
+
+def _tags(whoami: Any) -> list[str]:
+    tags = whoami.get("tags", []) if isinstance(whoami, dict) else []
+    return tags.split(",") if isinstance(tags, str) else list(tags)
+
+
 def _management(
     port: int, who: Credentials, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 10
 ) -> Any:
+    return _management_at(f"http://127.0.0.1:{port}", who, method, path, body, timeout)
+
+
+def _management_at(
+    base: str, who: Credentials, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 10
+) -> Any:
+    parts = urlparse(base)  # any credentials in it are not these
     data = json.dumps(body or {}).encode() if method in ("PUT", "POST") else None
-    request = Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    request = Request(f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{path}", data=data, method=method)
     request.add_header("Authorization", "Basic " + base64.b64encode(f"{who.user}:{who.password}".encode()).decode())
     request.add_header("Content-Type", "application/json")
     with urlopen(request, timeout=timeout) as response:

@@ -10,8 +10,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIGGERS = ("http", "rabbitmq")
-SCALE_KEYS = {"http": {"min", "max", "concurrency"}, "rabbitmq": {"min", "max", "target", "idle_seconds"}}
+SCALE_KEYS = {"http": {"min", "max"}, "rabbitmq": {"min", "max", "target", "idle_seconds"}}
 RESOURCE_KEYS = ({"requests", "limits"}, {"cpu", "memory"})
+# gunicorn's worker classes Lanes uses, and the `server` key that sizes each one's process.
+SERVER_KEYS = {"gthread": "threads", "gevent": "connections"}
 
 
 class TemplateError(ValueError):
@@ -43,6 +45,24 @@ class Secret:
     name: str
     file: str = ""
     optional: bool = False
+    # One platform Secret per function that lists it (`enqueue-mongo-uri`), so each
+    # function reaches the database or the broker as a user of its own.
+    per_function: bool = False
+
+
+@dataclass(frozen=True)
+class Server:
+    """How gunicorn runs an HTTP function in its container: processes, each serving
+    `per_process` requests at once (threads for gthread, greenlets for gevent)."""
+
+    worker_class: str
+    processes: int
+    per_process: int
+
+    @property
+    def slots(self) -> int:
+        """Requests one replica serves at once: Knative's containerConcurrency, OpenFaaS's target."""
+        return self.processes * self.per_process
 
 
 @dataclass(frozen=True)
@@ -60,6 +80,7 @@ class Function:
     scale: dict[str, int] = field(default_factory=dict)
     queue: str = ""
     shutdown_seconds: int = 30
+    server: Server | None = None  # http functions only
 
 
 @dataclass(frozen=True)
@@ -122,7 +143,12 @@ def load(path: Path = ROOT / "template.yaml") -> Template:
 def _secret(spec: str | dict[str, Any]) -> Secret:
     if isinstance(spec, str):
         return Secret(name=spec)
-    return Secret(name=str(spec["name"]), file=str(spec.get("file", "")), optional=bool(spec.get("optional", False)))
+    return Secret(
+        name=str(spec["name"]),
+        file=str(spec.get("file", "")),
+        optional=bool(spec.get("optional", False)),
+        per_function=bool(spec.get("per_function", False)),
+    )
 
 
 def _check(template: Template) -> None:
@@ -166,8 +192,9 @@ def _function(name: str, spec: dict[str, Any]) -> Function:
         raise TemplateError(f"{name}: unknown scale keys {sorted(unknown)} for trigger {trigger}")
     if not 0 <= scale.get("min", 0) <= scale.get("max", 1) or scale.get("max", 1) < 1:
         raise TemplateError(f"{name}: scale needs 0 <= min <= max and max >= 1")
-    if any(scale.get(key, 1) < 1 for key in ("concurrency", "target", "idle_seconds")):
-        raise TemplateError(f"{name}: scale concurrency, target and idle_seconds must be positive")
+    if any(scale.get(key, 1) < 1 for key in ("target", "idle_seconds")):
+        raise TemplateError(f"{name}: scale target and idle_seconds must be positive")
+    server = _server(name, spec.get("server")) if trigger == "http" else None
     resources = {
         str(k): {str(r): str(v) for r, v in (limits or {}).items()}
         for k, limits in (spec.get("resources") or {}).items()
@@ -188,4 +215,19 @@ def _function(name: str, spec: dict[str, Any]) -> Function:
         scale=scale,
         queue=str(spec.get("queue", "")),
         shutdown_seconds=int(spec.get("shutdown_seconds", 30)),
+        server=server,
     )
+
+
+def _server(name: str, spec: Any) -> Server:
+    """An http function's `server`: {worker_class: gthread, processes, threads} or
+    {worker_class: gevent, processes, connections}."""
+    if not isinstance(spec, dict) or spec.get("worker_class") not in SERVER_KEYS:
+        raise TemplateError(f"{name}: an http function needs server.worker_class, one of {sorted(SERVER_KEYS)}")
+    per_process = SERVER_KEYS[spec["worker_class"]]
+    if set(spec) != {"worker_class", "processes", per_process}:
+        raise TemplateError(f"{name}: server takes worker_class, processes and {per_process} ({spec['worker_class']})")
+    server = Server(str(spec["worker_class"]), int(spec["processes"]), int(spec[per_process]))
+    if server.processes < 1 or server.per_process < 1:
+        raise TemplateError(f"{name}: server processes and {per_process} must be positive")
+    return server

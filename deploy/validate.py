@@ -25,6 +25,7 @@ import kubernetes_validate
 import yaml
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
+KUSTOMIZATION = "kustomization.yaml"
 CORE_GROUPS = ("v1", "apps/v1", "policy/v1", "networking.k8s.io/v1")
 
 # KEDA's RabbitMQ scaler (keda.sh/docs/2.20/scalers/rabbitmq-queue): every metadata key
@@ -61,7 +62,21 @@ KEDA_RABBITMQ_VALUES = {
     "excludeUnacknowledged": {"true", "false"},
     "unsafeSsl": {"true", "false"},
 }
-KEDA_RABBITMQ_AUTH_PARAMETERS = {"host", "vhostName", "username", "password", "tls", "ca", "cert", "key"}
+# The rabbitmq scaler's parameters that a TriggerAuthentication may set (`order=...authParams`
+# in kedacore/keda pkg/scalers/rabbitmq_scaler.go, rabbitMQMetadata, v2.20).
+KEDA_RABBITMQ_AUTH_PARAMETERS = {
+    "host",
+    "protocol",
+    "vhostName",
+    "username",
+    "password",
+    "tls",
+    "ca",
+    "cert",
+    "key",
+    "keyPassword",
+    "workloadIdentityResource",
+}
 
 
 def documents(path: Path) -> Iterator[dict[str, Any]]:
@@ -71,9 +86,27 @@ def documents(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def manifest_files(folder: Path) -> list[Path]:
-    """Every Kubernetes object file under folder, including the `.yaml.example` secrets."""
+    """Every Kubernetes object file under folder, including the `.yaml.example` secrets
+    (not the kustomization.yaml files, which kustomize reads, not the API server)."""
     found = [*folder.rglob("*.yaml"), *folder.rglob("*.yaml.example")]
-    return sorted(p for p in found if p.name != "stack.yml")
+    return sorted(p for p in found if p.name not in ("stack.yml", KUSTOMIZATION))
+
+
+def kustomization_problems(folder: Path) -> list[str]:
+    """Each folder's kustomization.yaml lists exactly its object files and sub-folders that
+    have one, and never an `.example` secret (kustomize fails on a missing resource)."""
+    problems = []
+    for path in sorted(folder.rglob(KUSTOMIZATION)):
+        here = path.parent
+        listed = yaml.safe_load(path.read_text()).get("resources", [])
+        own = {p.name for p in here.glob("*.yaml") if p.name != KUSTOMIZATION}
+        missing = sorted(own - set(listed))
+        problems += [f"{path}: {name} is not listed" for name in missing]
+        for name in listed:
+            target = here / name
+            if not (target.is_file() and name in own) and not (target / KUSTOMIZATION).is_file():
+                problems.append(f"{path}: {name} is neither an object file nor a folder with a kustomization")
+    return problems
 
 
 def validate(manifest: dict[str, Any]) -> list[str]:
@@ -160,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         for manifest in documents(path)
         for problem in validate(manifest)
     ]
+    problems += [problem for folder in folders for problem in kustomization_problems(folder)]
     print("\n".join(problems) or "every manifest is valid")
     return 1 if problems else 0
 

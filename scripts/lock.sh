@@ -4,6 +4,7 @@
 #   requirements.lock                  - the development virtualenv: every function, the client, the tools
 #   functions/<name>/requirements.lock - one function's image: `lanes[<name>]` only, at the same versions
 #   requirements-build.lock            - what the images build shared/ with (setuptools), at the same version
+#   requirements-render.lock           - the renderer's own environment (`make render`): PyYAML, at the same version
 # Every line carries its hashes, for `pip install --require-hashes`. The locks hold for every
 # platform and every Python from 3.11 on (uv's universal resolution), so the images, on a newer
 # Python than the development machine, install the same versions.
@@ -22,3 +23,4 @@ for folder in functions/*/; do
   "${compile[@]}" --extra "$name" -c requirements.lock shared/pyproject.toml -o "$folder/requirements.lock"
 done
 echo setuptools | "${compile[@]}" -c requirements.lock - -o requirements-build.lock
+echo pyyaml | "${compile[@]}" -c requirements.lock - -o requirements-render.lock

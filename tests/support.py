@@ -14,6 +14,7 @@ import requests
 from deploy import services
 
 TERMINAL = ("done", "failed", "cancelled")
+STATUS_RETRIES = 30
 
 
 def wait_until(check: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -80,7 +81,14 @@ class Api:
         headers = dict(kwargs.pop("headers", {}) or {})
         if self.token and "Authorization" not in headers:
             headers["Authorization"] = f"Bearer {self.token}"
-        return self.session.request(method, self.base_url + path, headers=headers, timeout=30, **kwargs)
+        for _ in range(STATUS_RETRIES):
+            response = self.session.request(method, self.base_url + path, headers=headers, timeout=30, **kwargs)
+            # Reads are held to STATUS_RATE_PER_SECOND per user; a test polling hard waits
+            # as a well-behaved client would, as long as Retry-After says.
+            if method != "GET" or response.status_code != 429 or "Retry-After" not in response.headers:
+                return response
+            time.sleep(float(response.headers["Retry-After"]))
+        return response
 
     def ready(self) -> bool:
         return self.call("GET", "/readyz").status_code == 200

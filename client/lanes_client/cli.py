@@ -9,7 +9,7 @@ expired token; 5 not found; 6 conflict; 7 still throttled (429) after the retrie
 from __future__ import annotations
 
 import functools
-import importlib.util
+import ipaddress
 import json
 import subprocess
 import sys
@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO, TypeVar
+from urllib.parse import urlparse
 
 import click
 from rich.console import Console, Group
@@ -24,6 +25,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from lanes_client import config
 from lanes_client.client import STATUSES, TERMINAL, Client, Request
@@ -154,6 +156,26 @@ def main(ctx: click.Context, url: str, as_json: bool) -> None:
     ctx.obj = Env(url.rstrip("/"), as_json, out, Console(stderr=True, soft_wrap=True))
 
 
+def warn_if_cleartext(env: Env) -> None:
+    """Say so before a password goes to another machine over plain http://."""
+    url = urlparse(env.url)
+    if url.scheme == "http" and not _loopback(url.hostname or ""):
+        env.err.print(
+            f"warning: {env.url} is plain http://; your password crosses the network unencrypted (use https://)",
+            highlight=False,
+            markup=False,
+        )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _password(password_stdin: bool, confirm: bool) -> str:
     if password_stdin:
         return sys.stdin.readline().rstrip("\r\n")
@@ -167,12 +189,13 @@ def _password(password_stdin: bool, confirm: bool) -> str:
 @handled
 def register(env: Env, username: str, password_stdin: bool) -> None:
     """Create a user."""
+    warn_if_cleartext(env)
     with env.client(logged_in=False) as client:
         user = client.register(username, _password(password_stdin, confirm=True))
     if env.as_json:
         env.emit(user)
     else:
-        env.out.print(f"registered {user['username']} at {env.url}", highlight=False)
+        env.out.print(f"registered {user['username']} at {env.url}", highlight=False, markup=False)
 
 
 @main.command()
@@ -182,6 +205,7 @@ def register(env: Env, username: str, password_stdin: bool) -> None:
 @handled
 def login(env: Env, username: str, password_stdin: bool) -> None:
     """Log in and keep the token (never the password) in the config folder."""
+    warn_if_cleartext(env)
     with env.client(logged_in=False) as client:
         token = client.login(username, _password(password_stdin, confirm=False))
     expires_in = float(token.get("expires_in") or 0)
@@ -189,7 +213,9 @@ def login(env: Env, username: str, password_stdin: bool) -> None:
     if env.as_json:
         env.emit({"username": username, "url": env.url, "expires_in": expires_in})
     else:
-        env.out.print(f"logged in as {username} at {env.url} for {expires_in / 60:g} min", highlight=False)
+        env.out.print(
+            f"logged in as {username} at {env.url} for {expires_in / 60:g} min", highlight=False, markup=False
+        )
 
 
 @main.command()
@@ -206,7 +232,7 @@ def logout(env: Env) -> None:
     if env.as_json:
         env.emit({"url": env.url, "logged_out": True})
     else:
-        env.out.print(f"logged out of {env.url}", highlight=False)
+        env.out.print(f"logged out of {env.url}", highlight=False, markup=False)
 
 
 def _json_argument(text: str, where: str) -> Any:
@@ -264,7 +290,7 @@ def _print_accepted(env: Env, request: Request) -> None:
     if env.as_json:
         env.emit({"request_id": request.id, "status": request.status, "position": request.position})
     else:
-        env.out.print(f"{request.id} {request.status} position {request.position}", highlight=False)
+        env.out.print(f"{request.id} {request.status} position {request.position}", highlight=False, markup=False)
 
 
 def _wait_all(env: Env, requests: list[Request], timeout: float | None) -> LanesError | None:
@@ -335,8 +361,8 @@ def status(env: Env, request_id: str) -> None:
         return
     table = Table.grid(padding=(0, 2))
     for field in ("request_id", "action", "status", "attempts", "created_at", "started_at", "finished_at", "error"):
-        table.add_row(field, str(record.get(field)) if record.get(field) is not None else "-")
-    table.add_row("result", json.dumps(record.get("result"), ensure_ascii=False))
+        table.add_row(field, _plain(record.get(field) if record.get(field) is not None else "-"))
+    table.add_row("result", _plain(json.dumps(record.get("result"), ensure_ascii=False)))
     env.out.print(table)
 
 
@@ -359,12 +385,12 @@ def list_requests(env: Env, status_: str | None, limit: int) -> None:
         table.add_column(column, no_wrap=True)
     for record in records:
         table.add_row(
-            record["request_id"],
-            record["action"],
+            _plain(record["request_id"]),
+            _plain(record["action"]),
             _styled(record["status"]),
-            str(record["attempts"]),
-            record["created_at"],
-            record.get("finished_at") or "-",
+            _plain(record["attempts"]),
+            _plain(record["created_at"]),
+            _plain(record.get("finished_at") or "-"),
         )
     env.out.print(table)
 
@@ -379,8 +405,13 @@ def _take(requests: Iterator[Request], limit: int) -> Iterator[Request]:
 STYLES = {"queued": "cyan", "processing": "yellow", "done": "green", "failed": "red", "cancelled": "dim"}
 
 
-def _styled(status: str) -> str:
-    return f"[{STYLES.get(status, 'white')}]{status}[/]"
+def _styled(status: str) -> Text:
+    return Text(str(status), style=STYLES.get(status, "white"))
+
+
+def _plain(value: object) -> Text:
+    """Text as it came (from the server, a handler's error, the user): never read as markup."""
+    return Text(str(value))
 
 
 @main.command()
@@ -394,7 +425,7 @@ def cancel(env: Env, request_id: str) -> None:
     if env.as_json:
         env.emit(record)
     else:
-        env.out.print(f"{record['request_id']} {record['status']}", highlight=False)
+        env.out.print(f"{record['request_id']} {record['status']}", highlight=False, markup=False)
 
 
 class LaneView:
@@ -436,10 +467,11 @@ class LaneView:
         bar.update(task, total=max(1, len(self.seen)), completed=self.finished)
         table = Table.grid(padding=(0, 2))
         for record in self.open[:10]:
-            table.add_row(_styled(record["status"]), record["request_id"], record["action"], record["created_at"])
+            fields = (record["request_id"], record["action"], record["created_at"])
+            table.add_row(_styled(record["status"]), *(_plain(field) for field in fields))
         if len(self.open) > 10:
             table.add_row("", f"... and {len(self.open) - 10} more", "", "")
-        counts = "  ".join(f"{_styled(status)} {count}" for status, count in self.outcomes.items())
+        counts = Text("  ").join(Text.assemble(_styled(status), f" {count}") for status, count in self.outcomes.items())
         return Group(bar, table, counts)
 
 
@@ -483,17 +515,15 @@ def watch(env: Env, interval: float, until_empty: bool) -> None:
 # `python -m lanes.admin` against the database and the broker. Where the server
 # package is installed beside this one (the project's .venv, an operator's box),
 # these commands run it with the current environment (MONGO_URI, RABBITMQ_URL, .env).
+# Isolated (`python -I`): no module is ever imported from the current folder or from
+# PYTHONPATH, so running it inside a folder someone else filled runs none of their code.
 
 
 def _admin(env: Env, *args: str) -> Any:
-    try:
-        present = importlib.util.find_spec("lanes.admin") is not None
-    except ImportError:
-        present = False
-    if not present:
+    done = subprocess.run([sys.executable, "-I", "-m", "lanes.admin", *args], capture_output=True, text=True)
+    if "No module named lanes.admin" in done.stderr or "No module named 'lanes'" in done.stderr:
         env.err.print("error: operators' commands need the Lanes server package (python -m lanes.admin)")
         raise SystemExit(EXIT_FAILED)
-    done = subprocess.run([sys.executable, "-m", "lanes.admin", *args], capture_output=True, text=True)
     if done.returncode != 0:
         sys.stderr.write(done.stderr)
         raise SystemExit(EXIT_NOT_FOUND if "no dead letter" in done.stderr else EXIT_FAILED)
@@ -515,7 +545,9 @@ def dead_letters(env: Env, limit: int) -> None:
         table.add_column(column, no_wrap=column != "error")
     for letter in letters:
         fields = (letter.get("_id"), letter.get("user_id"), letter.get("action"), letter.get("attempts"))
-        table.add_row(*(str(field) for field in fields), str(letter.get("failed_at")), str(letter.get("error") or ""))
+        table.add_row(
+            *(_plain(field) for field in fields), _plain(letter.get("failed_at")), _plain(letter.get("error") or "")
+        )
     env.out.print(table)
 
 
@@ -528,4 +560,8 @@ def requeue(env: Env, request_id: str) -> None:
     if env.as_json:
         env.emit(again)
     else:
-        env.out.print(f"{request_id} requeued as {again['requeued_as']} position {again['position']}", highlight=False)
+        env.out.print(
+            f"{request_id} requeued as {again['requeued_as']} position {again['position']}",
+            highlight=False,
+            markup=False,
+        )

@@ -3,19 +3,33 @@
 The folder is `LANES_CONFIG_DIR` when set, else click's per-user application folder
 (`$XDG_CONFIG_HOME/lanes`, usually `~/.config/lanes`). Tokens are kept per base URL;
 passwords never are.
+
+A token is as good as the password for its lifetime, so the folder must be the user's
+own: a real folder (not a link), owned by the user, closed to others (a looser mode is
+tightened to 0700; a folder owned by someone else is refused). The file is written
+under a fresh name (`mkstemp`: O_EXCL, 0600, never through a link someone planted) and
+renamed over the old one, and read without following a link.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 
+from lanes_client.errors import LanesError
+
 FILE_NAME = "tokens.json"
+
+
+class UnsafeConfigDir(LanesError):
+    """The config folder is not one only this user controls; no token is kept there."""
 
 
 def config_dir() -> Path:
@@ -26,23 +40,40 @@ def token_file() -> Path:
     return config_dir() / FILE_NAME
 
 
+def private_dir() -> Path:
+    """The config folder, made if missing, checked to be the user's own and closed to others."""
+    folder = config_dir()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeConfigDir(f"{folder} is not a folder (a link?); no token is kept there")
+    if info.st_uid != os.getuid():
+        raise UnsafeConfigDir(f"{folder} belongs to another user; no token is kept there")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(folder, 0o700)
+    return folder
+
+
 def _load() -> dict[str, Any]:
     try:
-        data = json.loads(token_file().read_text())
+        descriptor = os.open(token_file(), os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(descriptor) as file:
+            data = json.load(file)
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
 def _store(data: dict[str, Any]) -> None:
-    folder = config_dir()
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    partial = folder / f".{FILE_NAME}.{os.getpid()}"
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as out:
-        json.dump(data, out, indent=2)
-    os.chmod(partial, 0o600)  # whatever the umask was
-    os.replace(partial, token_file())
+    folder = private_dir()
+    descriptor, partial = tempfile.mkstemp(prefix=f".{FILE_NAME}.", dir=folder)  # O_EXCL, 0600
+    try:
+        with os.fdopen(descriptor, "w") as out:
+            json.dump(data, out, indent=2)
+        os.replace(partial, folder / FILE_NAME)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 def saved_token(base_url: str) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ from lanes import validation
 from lanes.db import connect, ping
 from lanes.logs import configure_logging
 from lanes.passwords import PasswordHasher
+from lanes.proxies import address_key
 from lanes.ratelimit import RateLimiter
 from lanes.settings import Settings, load_settings
 from lanes.users import Users
@@ -27,8 +28,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.post("/register")
     def register() -> tuple[Response, int]:
-        address = client_address(proxies) or "unknown"
-        per_address.check(address, "Too many registrations from your address; try later.", code="register_throttled")
+        # An IPv6 client by its /64, as the login throttle keys it: one host commonly
+        # holds a whole /64 and could otherwise take a fresh address per call.
+        address = client_address(proxies)
+        key = (address_key(address) if address else None) or "unknown"
+        per_address.check(key, "Too many registrations from your address; try later.", code="register_throttled")
         credentials = validation.credentials(json_body(), check_rules=True)
         user = users.register(credentials)
         return jsonify({"id": user.id, "username": user.username}), 201

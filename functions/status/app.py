@@ -11,12 +11,13 @@ from lanes.httpmetrics import add_collector
 from lanes.lanestats import LaneStats
 from lanes.logs import configure_logging
 from lanes.openapi import load_openapi
+from lanes.ratelimit import RateLimiter
 from lanes.requests import Requests, listed_view, public_view
 from lanes.revocations import Revocations
 from lanes.settings import Settings, load_settings
 from lanes.sweeper import start_sweeper
 from lanes.tokens import TokenService
-from lanes.users import Sessions, Users
+from lanes.users import Sessions, User, Users
 from lanes.web import authenticate, create_base_app, health_blueprint
 
 
@@ -26,6 +27,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     db = connect(settings)
     sessions = Sessions(Users(db), TokenService(settings, can_sign=False), Revocations.from_settings(db, settings))
     requests = Requests(db)
+    # Per user, in this process's memory: refusing costs no round trip (lanes.ratelimit).
+    per_user = RateLimiter(settings.status_rate_per_second, settings.status_burst)
+
+    def caller() -> User:
+        user, _claims = authenticate(sessions)
+        per_user.check(user.id, "Too many requests from you; slow down.", code="rate_limited")
+        return user
+
     app = create_base_app("status", settings)
     app.register_blueprint(
         health_blueprint({"database": lambda: ping(db), "broker": lambda: check_connection(settings)})
@@ -43,19 +52,19 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.get("/requests/<request_id>")
     def get_request(request_id: str) -> Response:
-        user, _claims = authenticate(sessions)
+        user = caller()
         record = requests.get_owned(validation.request_id(request_id), user.id)
         return jsonify(public_view(record))
 
     @app.delete("/requests/<request_id>")
     def cancel_request(request_id: str) -> Response:
-        user, _claims = authenticate(sessions)
+        user = caller()
         record = requests.cancel(validation.request_id(request_id), user.id)
         return jsonify(public_view(record))
 
     @app.get("/requests")
     def list_requests() -> Response:
-        user, _claims = authenticate(sessions)
+        user = caller()
         query = validation.list_query(request.args.to_dict(flat=True))
         page = requests.list_owned(user.id, query.status, query.limit, query.after)
         items = [listed_view(record, settings.listing_result_max_bytes) for record in page.items]

@@ -67,12 +67,18 @@ def ensure_indexes(db: Database[dict[str, Any]]) -> None:
     # FerretDB 1.24 on SQLite never reads a secondary index (it pushes down only `_id`
     # equality; its query plan for a listing is a table scan with or without it), yet
     # keeps it on every insert: there it is dropped, not kept.
+    # Login throttling (lanes.throttle): an attempt reads its keys' failures in the window,
+    # a failure deletes those older than it. Kept on MongoDB only, like the listing's.
     listing = [("user_id", pymongo.ASCENDING), ("_id", pymongo.ASCENDING)]
+    failures = ([("key", pymongo.ASCENDING), ("at", pymongo.ASCENDING)], [("at", pymongo.ASCENDING)])
     if is_ferretdb(db):
-        with contextlib.suppress(OperationFailure):
-            db.requests.drop_index(listing)
+        for collection, index in ((db.requests, listing), *((db.login_failures, keys) for keys in failures)):
+            with contextlib.suppress(OperationFailure):
+                collection.drop_index(index)
     else:
         db.requests.create_index(listing)
+        for keys in failures:
+            db.login_failures.create_index(keys)
     # Records no longer carry a status (it is derived from claims and outcomes): the
     # index an older version kept on it would only cost every insert.
     with contextlib.suppress(OperationFailure):

@@ -418,3 +418,21 @@ def _record_from_outcome(outcome: dict[str, Any]) -> dict[str, Any]:
         "action": outcome.get("action"),
         "created_at": created_at,
     }
+
+
+@translate_errors
+def outcomes_of(db: Database[dict[str, Any]], request_ids: list[str], *, batched: bool) -> dict[str, dict[str, Any]]:
+    """The recorded outcomes of a listing page's requests, by request id.
+
+    batched: one `$in` query on `_id`, which MongoDB answers from the `_id` index. Else one
+    find by `_id` per request: FerretDB 1.24 pushes down only `_id` equality and answers
+    `$in` by reading the whole collection, so there the batch costs more the longer the
+    history (docs/security.md, "Cheap status", has the figures). Callers pass
+    `batched=not is_ferretdb(db)`, asked once.
+    """
+    if not request_ids:
+        return {}
+    if batched:
+        return {outcome["_id"]: outcome for outcome in db.outcomes.find({"_id": {"$in": request_ids}})}
+    found = (db.outcomes.find_one({"_id": request_id}) for request_id in request_ids)
+    return {outcome["_id"]: outcome for outcome in found if outcome is not None}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -10,12 +11,15 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from lanes.db import now, translate_errors
-from lanes.errors import AuthError, Conflict
+from lanes.errors import AuthError, Conflict, TooManyRequests
 from lanes.passwords import PasswordHasher
 from lanes.revocations import Revocations
 from lanes.throttle import LoginThrottle
 from lanes.tokens import Claims, IssuedToken, TokenService
 from lanes.validation import Credentials, username_key
+
+# Failed logins are security events (ASVS 7.2.1): who was tried, from where; never the password.
+security_log = logging.getLogger("lanes.security")
 
 
 @dataclass(frozen=True)
@@ -93,22 +97,33 @@ class Sessions:
         self._throttle = throttle
 
     def login(self, credentials: Credentials, address: str | None = None) -> IssuedToken:
-        """A token for valid credentials; AuthError otherwise, TooManyRequests while throttled."""
+        """A token for valid credentials; AuthError otherwise, TooManyRequests while throttled.
+        Each failure is logged with the username and the client address, never the password."""
         key = username_key(credentials.username)
-        keys = LoginThrottle.keys(key, address)
         if self._throttle is None:
-            return self._tokens.issue(self._users.authenticate(credentials).id, key)
-        attempt = self._throttle.begin(keys)
+            return self._tokens.issue(self._authenticate(credentials, address).id, key)
         try:
-            user = self._users.authenticate(credentials)
+            attempt = self._throttle.begin(key, address)
+        except TooManyRequests:
+            _log_failure("login refused: throttled", credentials.username, address)
+            raise
+        try:
+            user = self._authenticate(credentials, address)
         except AuthError:
             self._throttle.record_failure()
             raise
         except Exception:
             self._throttle.release(attempt)
             raise
-        self._throttle.record_success(key, attempt)
+        self._throttle.record_success(attempt)
         return self._tokens.issue(user.id, key)
+
+    def _authenticate(self, credentials: Credentials, address: str | None) -> User:
+        try:
+            return self._users.authenticate(credentials)
+        except AuthError:
+            _log_failure("login failed: wrong username or password", credentials.username, address)
+            raise
 
     def current_user(self, bearer: str) -> tuple[User, Claims]:
         """Who a bearer token speaks for. No database round trip: the signature and claims
@@ -119,3 +134,7 @@ class Sessions:
 
     def logout(self, claims: Claims) -> None:
         self._revocations.revoke_token(claims)
+
+
+def _log_failure(message: str, username: str, address: str | None) -> None:
+    security_log.warning(message, extra={"username": username, "client_address": address or "unknown"})

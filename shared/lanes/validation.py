@@ -10,6 +10,7 @@ from typing import Any
 
 from lanes.errors import ValidationError
 
+USERNAME_MAX = 64
 USERNAME_RE = re.compile(r"[A-Za-z0-9_.\-]{3,64}")
 PASSWORD_MIN, PASSWORD_MAX = 8, 1024
 ACTION_RE = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
@@ -88,8 +89,9 @@ def require_object(body: Any) -> Mapping[str, Any]:
 def credentials(body: Any, *, check_rules: bool) -> Credentials:
     """Username and password from a JSON body.
 
-    check_rules: apply the registration rules; login only checks types, so that a
-    malformed name gets the same 401 as an unknown one.
+    check_rules: apply the registration rules; login checks types and lengths only, so
+    that a malformed name gets the same 401 as an unknown one, while no name or password
+    longer than any registration allows costs a lookup, a log line or a hash.
     """
     body = require_object(body)
     unknown = set(body) - {"username", "password"}
@@ -100,6 +102,10 @@ def credentials(body: Any, *, check_rules: bool) -> Credentials:
         raise ValidationError("username must be a string.", code="invalid_username")
     if not isinstance(password, str):
         raise ValidationError("password must be a string.", code="invalid_password")
+    if len(username) > USERNAME_MAX:
+        raise ValidationError(f"username must be at most {USERNAME_MAX} characters.", code="invalid_username")
+    if len(password) > PASSWORD_MAX:
+        raise ValidationError(f"password must be at most {PASSWORD_MAX} characters.", code="invalid_password")
     if check_rules:
         if not USERNAME_RE.fullmatch(username):
             raise ValidationError(

@@ -169,6 +169,31 @@ def test_operators_list_and_requeue_dead_letters(lanes: Lanes, workers: Workers,
     assert operator("requeue", "0" * 32).returncode == 5
 
 
+def test_operators_commands_run_no_code_from_the_current_folder(
+    lanes: Lanes, lanes_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given a folder someone else filled with a `lanes` package of their own
+    planted = tmp_path / "planted"
+    (planted / "lanes").mkdir(parents=True)
+    marker = tmp_path / "ran"
+    code = f"open({str(marker)!r}, 'w').write('ran')\n"
+    (planted / "lanes" / "__init__.py").write_text(code)
+    (planted / "lanes" / "admin.py").write_text(code)
+    # When an operator lists the dead letters from inside it, with PYTHONPATH pointing there too
+    env = {**lanes.env, **lanes_env, "PYTHONPATH": str(planted)}
+    done = subprocess.run(
+        [sys.executable, "-m", "lanes_client", "--json", "dead-letters", "--limit", "1"],
+        cwd=planted,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # Then Lanes' own admin answered, and none of the planted code ran
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists()
+
+
 def test_the_client_needs_nothing_of_the_server(tmp_path: Path) -> None:
     probe = (
         "import sys, lanes_client.cli; "

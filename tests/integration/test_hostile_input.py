@@ -39,6 +39,23 @@ CASES: list[tuple[str, str, dict[str, str], bytes | None, set[int]]] = [
     ("POST", "/login", JSON, b'{"username": {"$gt": ""}, "password": {"$gt": ""}}', {400}),
     ("POST", "/login", JSON, b'{"username": "x", "password": "y", "role": "admin"}', {400}),
     ("POST", "/login", JSON, b"null", {400}),
+    ("POST", "/login", JSON, b'{"username": "' + b"a" * 65 + b'", "password": "password1"}', {400}),
+    ("POST", "/login", JSON, b'{"username": "alice", "password": "' + b"p" * 1025 + b'"}', {400}),
+    # X-Forwarded-For entries that are no address never become a client's key.
+    (
+        "POST",
+        "/login",
+        {**JSON, "X-Forwarded-For": "<script>, unknown, 999.1.1.1, ::g"},
+        b'{"username": "nobody-here", "password": "password1"}',
+        {401, 429},
+    ),
+    (
+        "POST",
+        "/register",
+        {**JSON, "X-Forwarded-For": "2001:db8::1%eth0, " + "x" * 2000},
+        b'{"username": "a", "password": "password1"}',
+        {400, 429},
+    ),
     ("POST", "/enqueue", {**JSON, "Authorization": "AUTH"}, b'{"action": {"$where": "1"}}', {400}),
     ("POST", "/enqueue", {**JSON, "Authorization": "AUTH"}, b'{"action": "../../etc/passwd"}', {400}),
     (

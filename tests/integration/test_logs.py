@@ -63,6 +63,10 @@ def test_logs_are_json_follow_the_request_and_hold_no_secret(
     done = next(e for e in followed if e["function"] == "worker")
     assert done["status"] == "done" and done["duration_ms"] >= 0 and done["action"] == "echo"
 
+    # And the failed login is logged with the username and the client address, as a security event
+    failed = [e for e in entries if e["logger"] == "lanes.security" and e.get("username") == secrets[0]]
+    assert failed and failed[0]["client_address"] == base.address and failed[0]["function"] == "login"
+
     # And no secret appears anywhere, whole or in part
     text = log_file.read_text()
     for secret in secrets[1:]:

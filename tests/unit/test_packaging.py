@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
+import shutil
+import socket
+import subprocess
 import sys
+import time
 import tomllib
+import urllib.error
+import urllib.request
 from functools import cache
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 from deploy.template import ROOT, load
 
@@ -127,20 +137,21 @@ def test_every_locked_package_has_hashes_and_the_development_version(lock: str) 
         assert expected == version, f"{lock} pins {name}=={version}, requirements.lock {expected}"
 
 
-def _pins(requirements: list[str]) -> dict[str, str]:
-    pins = {}
-    for requirement in requirements:
-        match = re.match(r"([A-Za-z0-9._-]+)(?:\[[^]]*\])?==([^\s;]+)", requirement)
-        if match:
-            pins[_normal(match.group(1))] = match.group(2)
-    return pins
+def _declared(requirements: list[str]) -> dict[str, SpecifierSet]:
+    """Distribution -> the versions a declaration allows (a `lanes[...]` self-reference is left out)."""
+    found = {}
+    for line in requirements:
+        requirement = Requirement(line)
+        if requirement.name != "lanes":
+            found[_normal(requirement.name)] = requirement.specifier
+    return found
 
 
-def test_the_locks_hold_the_declared_versions() -> None:
-    # `make lock` after a change to a declaration; a stale lock fails here, not in an image build.
+def _declarations() -> dict[str, dict[str, SpecifierSet]]:
+    """Lock file -> what the declarations it is written from allow, by distribution."""
     shared = tomllib.loads((ROOT / "shared/pyproject.toml").read_text())["project"]
     declared = {
-        "requirements.lock": _pins(
+        "requirements.lock": _declared(
             shared["dependencies"]
             + [r for extra in shared["optional-dependencies"].values() for r in extra]
             + tomllib.loads((ROOT / "client/pyproject.toml").read_text())["project"]["dependencies"]
@@ -155,11 +166,32 @@ def test_the_locks_hold_the_declared_versions() -> None:
                     extras |= set(requirement[len("lanes[") : -1].split(","))
                 else:
                     requirements.append(requirement)
-        declared[f"functions/{function}/requirements.lock"] = _pins(requirements)
-    for lock, pins in declared.items():
+        declared[f"functions/{function}/requirements.lock"] = _declared(requirements)
+    return declared
+
+
+def test_the_locks_hold_versions_the_declarations_allow() -> None:
+    # `make lock` after a change to a declaration; a stale lock fails here, not in an image build.
+    for lock, allowed in _declarations().items():
         locked = {name: entry[0] for name, entry in _lock(ROOT / lock).items()}
-        for name, version in pins.items():
-            assert locked.get(name) == version, f"{lock} has {name}=={locked.get(name)}, declared {version}: make lock"
+        for name, specifier in allowed.items():
+            assert name in locked, f"{lock} does not install {name}: make lock"
+            assert locked[name] in specifier, f"{lock} has {name}=={locked[name]}, declared {specifier}: make lock"
+
+
+def test_the_shared_package_declares_ranges_so_an_upgrade_can_move_them() -> None:
+    # The locks pin; shared/pyproject.toml says which versions work, from the tested one up
+    # to (not including) the next major release, or the next minor one of a 0.x project.
+    for lock, allowed in _declarations().items():
+        if lock == "requirements.lock":
+            continue
+        locked = {name: entry[0] for name, entry in _lock(ROOT / lock).items()}
+        for name, specifier in allowed.items():
+            bounds = {spec.operator: Version(spec.version) for spec in specifier}
+            assert set(bounds) == {">=", "<"}, f"{name}: {specifier} is not a range"
+            low, high = bounds[">="], bounds["<"]
+            assert low <= Version(locked[name]) < high
+            assert high == (Version(f"0.{low.minor + 1}") if low.major == 0 else Version(f"{low.major + 1}")), name
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
@@ -178,3 +210,148 @@ def test_dockerignore_sends_only_what_the_images_read() -> None:
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     assert lines[lines.index("*") + 1 :].count("!shared/") == 1
     assert "shared/*.egg-info" in lines
+
+
+# -- each image's install step, without a container engine ---------------------------
+
+UV = ROOT / ".venv" / "bin" / "uv"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def token_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    folder = tmp_path_factory.mktemp("keys")
+    key = Ed25519PrivateKey.generate()
+    private = folder / "jwt-private.pem"
+    public = folder / "jwt-public.pem"
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return {"JWT_PUBLIC_KEY_FILE": str(public), "JWT_PRIVATE_KEY_FILE": str(private)}
+
+
+@pytest.fixture(scope="module")
+def lanes_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """shared/ as the wheel the images' first stage builds (pip wheel --no-deps
+    --no-build-isolation, with the setuptools of requirements-build.lock), from a copy so
+    that no build files land in the work tree."""
+    source = tmp_path_factory.mktemp("shared") / "shared"
+    shutil.copytree(ROOT / "shared", source, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__", "build"))
+    wheels = tmp_path_factory.mktemp("wheels")
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps"),
+            *("--no-build-isolation", "--wheel-dir", str(wheels), str(source)),
+        ],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = wheels.glob("lanes-*.whl")
+    return wheel
+
+
+@pytest.mark.skipif(not UV.is_file(), reason="uv is installed by make setup")
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_the_functions_lock_alone_installs_with_hashes_and_serves(
+    function: str, tmp_path: Path, token_keys: dict[str, str], lanes_wheel: Path
+) -> None:
+    """What the image's install steps do, in a fresh virtualenv: the function's lock with
+    --require-hashes (uv, from its cache after the first run), then the lanes wheel with
+    --no-deps --no-index, and nothing else. The function then starts as its image's CMD
+    starts it and answers its liveness probe: /healthz for an HTTP function, the worker's
+    /metrics. The database and the broker are absent (a closed port): liveness must not need them."""
+    spec = load().function(function)
+    venv = tmp_path / "venv"
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([UV, "venv", "--quiet", "--python", base, venv], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    install = [UV, "pip", "install", "--quiet", "--python", python]
+    subprocess.run(
+        [*install, "--require-hashes", "-r", ROOT / spec.source / "requirements.lock"], check=True, timeout=600
+    )
+    subprocess.run([*install, "--no-deps", "--no-index", lanes_wheel], check=True, timeout=120)
+    port = _free_port()
+    closed = _free_port()  # nothing listens there
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "DATA_DIR": str(tmp_path / "data"),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+        "MONGO_URI": f"mongodb://127.0.0.1:{closed}/lanes",
+        "RABBITMQ_URL": f"amqp://lanes:lanes@127.0.0.1:{closed}/%2F",
+        "LOG_LEVEL": "WARNING",
+        **token_keys,
+    }
+    if spec.trigger == "http":
+        env |= {"BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "1"}
+        argv = [python, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--no-control-socket", spec.app]
+        path = "/healthz"
+    else:
+        env["METRICS_PORT"] = str(port)
+        argv = [python, *spec.command[1:]]
+        path = "/metrics"
+    process = subprocess.Popen(
+        argv, cwd=ROOT / spec.source, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        status, deadline = 0, time.monotonic() + 60
+        while status != 200 and process.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                    status = response.status
+            except (OSError, urllib.error.HTTPError):
+                time.sleep(0.2)
+        alive = process.poll() is None
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0]
+    assert alive and status == 200, output[-3000:]
+    # Nothing from outside the lock: every distribution in the venv is one it names.
+    listed = subprocess.run(
+        [UV, "pip", "freeze", "--python", python], check=True, capture_output=True, text=True
+    ).stdout
+    installed = {_normal(re.split(r"==| @ ", line)[0]) for line in listed.splitlines() if line.strip()}
+    expected = {*_function_lock(function), "lanes"}
+    assert installed == expected, installed ^ expected
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_the_lock_has_a_hashed_wheel_of_each_package_for_the_images_python(function: str, tmp_path: Path) -> None:
+    """The images run CPython 3.14 on Debian 13 (glibc 2.41, x86_64) and have no compiler:
+    pip must find, for every package of the function's lock, a wheel for that target whose
+    hash the lock holds (--require-hashes), as the image's `pip install` will."""
+    dockerfile = (ROOT / load().function(function).source / "Dockerfile").read_text()
+    version = re.search(r"^ARG PYTHON_IMAGE=python:(\d+)\.(\d+)-slim-trixie", dockerfile, re.M)
+    assert version, "the images' base is Debian 13 (trixie), glibc 2.41"
+    major, minor = version[1], version[2]
+    platforms = [f"manylinux_2_{glibc}_x86_64" for glibc in range(5, 42)]
+    platforms += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+    abis = [f"cp{major}{minor}", "abi3", "none"]
+    result = subprocess.run(
+        [
+            sys.executable,
+            *("-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps"),
+            *("--only-binary=:all:", "--require-hashes", "--implementation", "cp"),
+            *("--python-version", f"{major}.{minor}", "-d", str(tmp_path)),
+            *(arg for abi in abis for arg in ("--abi", abi)),
+            *(arg for platform in platforms for arg in ("--platform", platform)),
+            *("-r", str(ROOT / load().function(function).source / "requirements.lock")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    wheels = {_normal(path.name.split("-")[0]) for path in tmp_path.glob("*.whl")}
+    assert wheels and wheels <= set(_function_lock(function))

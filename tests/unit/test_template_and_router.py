@@ -45,11 +45,15 @@ def test_a_template_with_a_clashing_route_is_refused(tmp_path: Path) -> None:
     broken = tmp_path / "template.yaml"
     broken.write_text(
         "version: 1\nfunctions:\n"
-        "  a: {source: functions/register, trigger: http, app: 'app:create_app()', routes: [{path: /x}]}\n"
-        "  b: {source: functions/login, trigger: http, app: 'app:create_app()', routes: [{path: /x}]}\n"
+        + HTTP.replace("  h:", "  a:")
+        + HTTP.replace("  h:", "  b:").replace("login", "register")
     )
-    with pytest.raises(TemplateError):
+    with pytest.raises(TemplateError, match="same route"):
         load(broken)
+
+
+SERVER = "server: {worker_class: gthread, processes: 2, threads: 4}"
+HTTP = f"  h: {{source: functions/login, trigger: http, app: 'app:create_app()', routes: [{{path: /x}}], {SERVER}}}\n"
 
 
 WORKER = (
@@ -68,6 +72,13 @@ WORKER = (
         (WORKER.replace("min: 0, max: 2", "min: 3, max: 2"), "min <= max"),
         (WORKER.replace("scale:", "resources: {requests: {gpu: 1}}, scale:"), "resources"),
         (WORKER + WORKER.replace("  w:", "  w2:"), "exactly one function"),
+        # An http function's slots (Knative's containerConcurrency, OpenFaaS's target) come
+        # from its gunicorn server, which the template must describe in full.
+        (WORKER + HTTP.replace(f", {SERVER}", ""), "needs server.worker_class"),
+        (WORKER + HTTP.replace("gthread", "sync"), "needs server.worker_class"),
+        (WORKER + HTTP.replace("threads: 4", "connections: 4"), "processes and threads"),
+        (WORKER + HTTP.replace("processes: 2", "processes: 0"), "must be positive"),
+        (WORKER + HTTP.replace("}}\n", "}, scale: {min: 0, max: 2, concurrency: 20}}\n"), "unknown scale keys"),
     ],
 )
 def test_a_template_that_cannot_deploy_is_refused(tmp_path: Path, snippet: str, complaint: str) -> None:
@@ -75,6 +86,16 @@ def test_a_template_that_cannot_deploy_is_refused(tmp_path: Path, snippet: str, 
     broken.write_text("version: 1\nsecrets: [MONGO_URI]\nfunctions:\n" + snippet)
     with pytest.raises(TemplateError, match=complaint):
         load(broken)
+
+
+def test_an_http_functions_slots_are_its_processes_times_threads_or_greenlets(tmp_path: Path) -> None:
+    path = tmp_path / "template.yaml"
+    path.write_text("version: 1\nsecrets: [MONGO_URI]\nfunctions:\n" + WORKER + HTTP)
+    assert load(path).function("h").server.slots == 8  # type: ignore[union-attr]
+    path.write_text(
+        path.read_text().replace("gthread, processes: 2, threads: 4", "gevent, processes: 3, connections: 50")
+    )
+    assert load(path).function("h").server.slots == 150  # type: ignore[union-attr]
 
 
 def test_the_worker_scales_on_the_lane_partitions_one_message_per_slot() -> None:

@@ -265,16 +265,43 @@ def function_permissions(prefix: str) -> dict[str, tuple[str, str, str]]:
     settled = rf"{p}\.settled"
     feed = r"amq\.gen-.*"
     roster = rf"{p}\.workers(\.busy|\.waiting)?|{p}\.sweeper"
+    # Deep lanes (lanes.lane.overflow): the exchange a worker spills into, and the queues.
+    overflow = rf"{p}\.overflow|{p}\.overflow\..+"
     return {
         # Declare the partitions and publish into them; follow the settled notices.
         "enqueue": (f"^({partitions}|{settled}|{feed})$", rf"^(amq\.default|{feed})$", f"^({settled}|{feed})$"),
         # Hold and consume the partitions, publish settled notices, join the roster and
-        # the sweeper election; never publish a request.
-        "worker": (f"^({partitions}|{settled}|{roster})$", f"^({settled})$", f"^({partitions}|{roster})$"),
+        # the sweeper election, spill deep lanes into their overflow queues and fetch them
+        # back; never publish into a partition.
+        "worker": (
+            f"^({partitions}|{settled}|{roster}|{overflow})$",
+            f"^({settled}|{overflow})$",
+            f"^({partitions}|{roster}|{overflow})$",
+        ),
         # Read-only: the management API's figures (tag `monitoring`) and the sweeper
         # election, which only consumes an empty queue of its own.
         "status": (rf"^{p}\.sweeper$", "^$", rf"^{p}\.sweeper$"),
     }
+
+
+def dead_lettering(base: str, admin: Credentials, vhost: str, prefix: str) -> None:
+    """The queue `<prefix>.undeliverable`, bound to the exchange of that name, and a policy
+    that makes every partition and overflow queue dead-letter there: what the broker will
+    not deliver again (a quorum queue's delivery limit) is kept for an operator, not
+    dropped. A policy, not a queue argument, so that it reaches queues declared before it,
+    and the functions need no rights on the exchange (lanes.broker.QueueNames.undeliverable)."""
+    where = quote(vhost, safe="")
+    name = f"{prefix}.undeliverable"
+    _management_at(base, admin, "PUT", f"/api/exchanges/{where}/{quote(name)}", {"type": "fanout", "durable": True})
+    _management_at(base, admin, "PUT", f"/api/queues/{where}/{quote(name)}", {"durable": True})
+    _management_at(base, admin, "POST", f"/api/bindings/{where}/e/{quote(name)}/q/{quote(name)}", {})
+    policy = {
+        "pattern": rf"^{re.escape(prefix)}\.(partition|overflow)\.",
+        "definition": {"dead-letter-exchange": name},
+        "apply-to": "queues",
+        "priority": 0,
+    }
+    _management_at(base, admin, "PUT", f"/api/policies/{where}/{quote(prefix)}-undeliverable", policy)
 
 
 def function_user(admin: Credentials, function: str) -> Credentials:
@@ -299,6 +326,7 @@ def function_urls(amqp_url: str, management: str, prefix: str) -> dict[str, str]
             return {}
     except (HTTPError, URLError, OSError):
         return {}
+    dead_lettering(base, admin, vhost, prefix)
     urls = {}
     for function, (configure, write, read) in function_permissions(prefix).items():
         who = function_user(admin, function)

@@ -113,9 +113,16 @@ class QueueNames:
     @property
     def undeliverable(self) -> str:
         """The exchange, and the queue bound to it, that partitions and overflow queues
-        dead-letter to: what the broker will not deliver again (a quorum queue's delivery
-        limit) waits there for an operator, with an alert, instead of being dropped."""
+        dead-letter to by a policy the broker's administrator sets (deploy.services): what
+        the broker will not deliver again (a quorum queue's delivery limit) waits there for
+        an operator, with an alert, instead of being dropped."""
         return f"{self.prefix}.undeliverable"
+
+    @property
+    def overflow_exchange(self) -> str:
+        """Where a worker spills deep lanes' requests, routed by lane to their overflow
+        queues: a worker may publish there and never into a partition."""
+        return f"{self.prefix}.overflow"
 
     def overflow(self, lane: str) -> str:
         """A deep lane's requests beyond what its worker holds (lanes.lane.overflow)."""
@@ -162,10 +169,7 @@ def partition_arguments(settings: Settings) -> dict[str, Any]:
     A quorum queue does not enforce exclusive consumers, so a quorum partition is a
     single-active-consumer queue: a worker that joins beside the holder receives nothing
     (docs/design.md §4.3)."""
-    arguments: dict[str, Any] = {
-        "x-queue-type": settings.queue_type,
-        "x-dead-letter-exchange": QueueNames.of(settings).undeliverable,
-    }
+    arguments: dict[str, Any] = {"x-queue-type": settings.queue_type}
     if settings.queue_type == "quorum":
         arguments["x-delivery-limit"] = QUORUM_DELIVERY_LIMIT
         arguments["x-single-active-consumer"] = True
@@ -240,13 +244,6 @@ class Channel:
                 return _counts(self.raw.queue_declare(name, durable=True, arguments=arguments))
         except ArgumentsDiffer:
             return self.counts(name)
-
-    def declare_undeliverable(self, names: QueueNames) -> None:
-        """The dead-letter exchange and its queue, before any queue that names it."""
-        with self._translated():
-            self.raw.exchange_declare(names.undeliverable, "fanout", durable=True)
-            self.raw.queue_declare(names.undeliverable, durable=True, arguments={"x-queue-type": "classic"})
-            self.raw.queue_bind(names.undeliverable, names.undeliverable)
 
     def counts(self, name: str) -> Counts:
         """A queue's counts (a passive declare); QueueMissing when it does not exist."""
@@ -377,8 +374,8 @@ class PartitionSession:
         self._partitions: dict[int, tuple[BlockingChannel, int]] = {}
         self.deliveries: deque[PartitionDelivery] = deque()
         self.control = Channel(self._connection)
-        self.control.declare_undeliverable(names)
         with self.control._translated():
+            self.control.raw.exchange_declare(names.overflow_exchange, "direct", durable=True)
             self._feed = self._connection.channel()
             self._feed.exchange_declare(names.settled, "fanout", durable=True)
             roster = self._connection.channel()
@@ -390,7 +387,7 @@ class PartitionSession:
                 self._signals.queue_declare(name, arguments={"x-queue-type": "classic"})
         self._shown: dict[str, str] = {}  # signal queue -> consumer tag
         self._overflow: tuple[BlockingChannel, int] | None = None
-        self._overflow_declared: set[str] = set()
+        self._overflow_bound: set[str] = set()
         self._spill_channel: BlockingChannel | None = None
 
     @property
@@ -471,20 +468,23 @@ class PartitionSession:
         there in one transaction, committed (on disk) before any is acknowledged in its
         partition. A crash in between leaves a copy in both, and the later one is found
         settled when its turn comes. One round trip for the whole batch."""
+        exchange = self._names.overflow_exchange
         for lane, _delivery in spilled:
             queue_name = self._names.overflow(lane)
-            if queue_name not in self._overflow_declared:
-                # Declared by this session first: a transaction's publish to a missing
-                # queue would be dropped, not refused.
+            if queue_name not in self._overflow_bound:
+                # Declared and bound by this session first: a transaction's publish that
+                # routes nowhere would be dropped, not refused.
                 self.control.declare(queue_name, partition_arguments(self._settings))
-                self._overflow_declared.add(queue_name)
+                with self.control._translated():
+                    self.control.raw.queue_bind(queue_name, exchange, routing_key=lane)
+                self._overflow_bound.add(queue_name)
         with self.control._translated():
             if self._spill_channel is None or not self._spill_channel.is_open:
                 self._spill_channel = self._connection.channel()
                 self._spill_channel.tx_select()
             for lane, delivery in spilled:
                 properties = _persistent(delivery.timestamp, delivery.headers)
-                self._spill_channel.basic_publish("", self._names.overflow(lane), delivery.body, properties)
+                self._spill_channel.basic_publish(exchange, lane, delivery.body, properties)
             self._spill_channel.tx_commit()
         for _lane, delivery in spilled:
             self.ack(delivery)
@@ -494,7 +494,6 @@ class PartitionSession:
         queue_name = self._names.overflow(lane)
         # Declared, not asked: a 404 would close the channel and give back what it holds.
         self.control.declare(queue_name, partition_arguments(self._settings))
-        self._overflow_declared.add(queue_name)
         with self.control._translated():
             if self._overflow is None or not self._overflow[0].is_open:
                 self._overflow = (self._connection.channel(), next(_GENERATIONS))
@@ -518,7 +517,7 @@ class PartitionSession:
                 self.control.raw.queue_delete(queue_name, if_empty=True)
         except ArgumentsDiffer:  # 406: not empty
             return False
-        self._overflow_declared.discard(queue_name)
+        self._overflow_bound.discard(queue_name)
         return True
 
     def announce_settled(self, body: bytes) -> None:

@@ -18,6 +18,7 @@ from tests.support import management_api, open_vhost
 PREFIX = "lanes"
 PARTITION = f"{PREFIX}.partition.0"
 SETTLED = f"{PREFIX}.settled"
+OVERFLOW = f"{PREFIX}.overflow"  # where a worker spills a deep lane's requests
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,7 @@ def urls(running_services: None) -> Iterator[dict[str, str]]:
         channel = connection.channel()
         channel.queue_declare(PARTITION, durable=True, arguments={"x-queue-type": "classic"})
         channel.exchange_declare(SETTLED, "fanout", durable=True)
+        channel.exchange_declare(OVERFLOW, "direct", durable=True)
     yield broker_urls({"RABBITMQ_URL": admin_url, "QUEUE_PREFIX": PREFIX})
     management_api("DELETE", f"/api/vhosts/{vhost}")
 
@@ -43,6 +45,8 @@ def _refused(url: str, operation: str) -> bool:
                 channel.basic_publish("", PARTITION, b"{}", mandatory=True)
             elif operation == "publish a settled notice":
                 channel.basic_publish(SETTLED, "", b"{}")
+            elif operation == "spill a deep lane":
+                channel.basic_publish(OVERFLOW, "some-user", b"{}")
             elif operation == "consume a partition":
                 channel.basic_consume(PARTITION, lambda *_: None)
                 channel.cancel()
@@ -73,6 +77,9 @@ def test_every_function_has_a_user_of_its_own(urls: dict[str, str]) -> None:
         ("worker", "publish to a partition", True),
         ("worker", "consume a partition", False),
         ("worker", "publish a settled notice", False),
+        ("worker", "spill a deep lane", False),
+        ("enqueue", "spill a deep lane", True),
+        ("status", "spill a deep lane", True),
     ],
 )
 def test_each_function_may_do_only_its_part(urls: dict[str, str], function: str, operation: str, refused: bool) -> None:

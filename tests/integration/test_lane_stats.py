@@ -15,6 +15,7 @@ from dataclasses import replace
 import pymongo
 import pytest
 
+from deploy import services
 from lanes.broker import ChannelPool, PartitionSession, QueueNames, partition_arguments
 from lanes.db import connect
 from lanes.lane.admission import LaneLedger, PartitionPublisher
@@ -174,8 +175,11 @@ def test_a_deep_lanes_overflow_is_backlog_and_a_dead_lettered_request_is_undeliv
     # request a partition dead-lettered instead of delivering it again
     names = QueueNames.of(settings)
     deep = user_in(1)
+    broker = services.local_broker()
+    services.dead_lettering(
+        f"http://127.0.0.1:{broker.management_port}", broker.credentials, settings.rabbitmq_vhost, "lanes"
+    )
     with ChannelPool(settings).channel() as channel:
-        channel.declare_undeliverable(names)
         channel.declare(names.overflow(deep), partition_arguments(settings))
         for _ in range(3):
             message = request_message(deep)

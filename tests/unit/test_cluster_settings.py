@@ -10,9 +10,9 @@ from lanes.errors import ConfigError
 from lanes.settings import Settings, load_settings
 
 
-def test_partitions_are_classic_queues_by_default_never_expire_and_dead_letter_for_an_operator() -> None:
+def test_partitions_are_classic_queues_by_default_and_never_expire() -> None:
     arguments = partition_arguments(Settings.from_env({}))
-    assert arguments == {"x-queue-type": "classic", "x-dead-letter-exchange": "lanes.undeliverable"}
+    assert arguments == {"x-queue-type": "classic"}
 
 
 def test_quorum_partitions_carry_a_delivery_limit_so_returned_messages_come_back_first() -> None:
@@ -21,7 +21,6 @@ def test_quorum_partitions_carry_a_delivery_limit_so_returned_messages_come_back
     assert arguments["x-queue-type"] == "quorum"
     assert arguments["x-delivery-limit"] == QUORUM_DELIVERY_LIMIT
     assert arguments["x-single-active-consumer"] is True
-    assert arguments["x-dead-letter-exchange"] == "lanes.undeliverable"  # past the limit: kept, not dropped
     assert "x-expires" not in arguments and "x-max-length" not in arguments
     assert QueueNames.of(settings) == QueueNames("lanes", "quorum")
 

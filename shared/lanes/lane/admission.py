@@ -111,7 +111,6 @@ class PartitionPublisher:
         try:
             with self._pool.channel() as channel:
                 if not self._declared:
-                    channel.declare_undeliverable(self._names)
                     for index in range(self._settings.lane_partitions):
                         channel.declare(self._names.partition(index), partition_arguments(self._settings))
                     self._declared = True

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from lanes.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 TRIGGERS = ("http", "rabbitmq")
 SCALE_KEYS = {"http": {"min", "max"}, "rabbitmq": {"min", "max", "target", "idle_seconds"}}
@@ -171,6 +173,10 @@ def _check(template: Template) -> None:
         # KEDA runs ceil(messages / target) workers: a target above the slots leaves lanes
         # waiting for a slot, one below it starts workers that find nothing to run.
         raise TemplateError(f"{worker.name}: scale target must equal its WORKER_SLOTS setting")
+    partitions = int(template.env_of(worker).get("LANE_PARTITIONS", Settings.lane_partitions))
+    if worker.scale.get("max", 1) > partitions:
+        # A worker process holds whole partitions: those beyond LANE_PARTITIONS would hold none.
+        raise TemplateError(f"{worker.name}: scale max must not exceed LANE_PARTITIONS ({partitions})")
 
 
 def _function(name: str, spec: dict[str, Any]) -> Function:

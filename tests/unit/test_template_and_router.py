@@ -70,6 +70,11 @@ WORKER = (
         (WORKER.replace("secrets: [MONGO_URI]", "secrets: [NOPE]"), "not declared"),
         (WORKER.replace("target: 4", "concurrency: 4"), "unknown scale keys"),
         (WORKER.replace("min: 0, max: 2", "min: 3, max: 2"), "min <= max"),
+        (WORKER.replace("max: 2", "max: 17"), "scale max must not exceed LANE_PARTITIONS .16."),
+        (
+            WORKER.replace("max: 2", "max: 5").replace("WORKER_SLOTS: '4'", "WORKER_SLOTS: '4', LANE_PARTITIONS: '4'"),
+            "scale max must not exceed LANE_PARTITIONS .4.",
+        ),
         (WORKER.replace("scale:", "resources: {requests: {gpu: 1}}, scale:"), "resources"),
         (WORKER + WORKER.replace("  w:", "  w2:"), "exactly one function"),
         # An http function's slots (Knative's containerConcurrency, OpenFaaS's target) come

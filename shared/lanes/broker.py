@@ -633,3 +633,59 @@ class Leadership:
         if self._connection is not None:
             _close_quietly(self._connection)
         self._connection = None
+
+
+class Hints:
+    """A transient fanout exchange of hints: what is published reaches every process that
+    listens at that moment, and nothing is kept for one that does not (each reader has a
+    private auto-delete queue, read in a background thread or greenlet). A listener that
+    (re)connects is told so through `on_connected`, after its queue is bound, so that it
+    can catch up from where the facts are kept."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        exchange: str,
+        on_body: Callable[[bytes], None] = lambda _body: None,
+        on_connected: Callable[[], None] = _nothing,
+    ) -> None:
+        self._settings = settings
+        self._exchange = exchange
+        self._on_body = on_body
+        self._on_connected = on_connected
+
+    def publish(self, body: bytes) -> None:
+        """Publish once, on a connection of its own (hints are rare); BrokerError on failure."""
+        connection = open_connection(self._settings)
+        try:
+            channel = connection.channel()
+            channel.exchange_declare(self._exchange, "fanout", durable=False)
+            channel.basic_publish(self._exchange, "", body, _TRANSIENT)
+        except (pika.exceptions.AMQPError, OSError) as error:
+            raise BrokerError(f"cannot publish on {self._exchange}: {error!r}") from None
+        finally:
+            _close_quietly(connection)
+
+    def run(self) -> None:
+        """Listen for the life of the process."""
+        failures = 0
+        while True:
+            try:
+                self._listen()
+            except Exception:  # noqa: BLE001 - any failure: reconnect after a pause
+                failures += 1
+                time.sleep(retry_delay(min(failures, 3)))  # back within a few seconds of the broker
+
+    def _listen(self) -> None:
+        connection = open_connection(self._settings)
+        try:
+            channel = connection.channel()
+            channel.exchange_declare(self._exchange, "fanout", durable=False)
+            queue_name = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+            channel.queue_bind(queue_name, self._exchange)
+            channel.basic_consume(queue_name, lambda _c, _m, _p, body: self._on_body(body), auto_ack=True)
+            self._on_connected()
+            while True:
+                connection.process_data_events(time_limit=1.0)
+        finally:
+            _close_quietly(connection)

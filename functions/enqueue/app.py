@@ -10,6 +10,7 @@ from lanes.broker import ChannelPool, check_connection
 from lanes.db import connect, ensure_indexes, ping
 from lanes.errors import DatabaseError
 from lanes.lane.admission import partition_publisher
+from lanes.lane.partitions import check_partition_count
 from lanes.logs import configure_logging
 from lanes.queueing import Enqueuer
 from lanes.ratelimit import RateLimiter
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         ensure_indexes(db)
     except DatabaseError:
         pass  # the database may come up after us; the worker creates the indexes too
+    check_partition_count(db, settings)
     sessions = Sessions(Users(db), TokenService(settings, can_sign=False), Revocations.from_settings(db, settings))
     known_actions = build_registry(settings).names
     requests = Requests(db)

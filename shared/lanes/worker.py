@@ -24,6 +24,7 @@ from lanes.lane.attempts import Attempts
 from lanes.lane.dispatcher import IDLE_SECONDS, Dispatcher, Settled
 from lanes.lane.fencing import HandBack, Superseded
 from lanes.lane.overflow import DeepLaneRegistry, Overflow
+from lanes.lane.partitions import check_partition_count
 from lanes.lane.scheduler import LanesSeen, Turn
 from lanes.lifecycle import RequestRunner, Waiting
 from lanes.requests import Requests
@@ -139,6 +140,7 @@ def create_worker(settings: Settings) -> tuple[WorkerState, list[Callable[[], No
         ensure_indexes(db)
     except DatabaseError:
         log.warning("database unavailable at start; indexes are created by the next process that reaches it")
+    check_partition_count(db, settings)
     state = WorkerState(
         settings=settings,
         registry=build_registry(settings),

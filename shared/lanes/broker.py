@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import queue
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -137,8 +138,16 @@ class Counts:
     consumers: int
 
 
-def connection_parameters(settings: Settings, heartbeat: int = HEARTBEAT_SECONDS) -> pika.URLParameters:
-    params = pika.URLParameters(settings.rabbitmq_url)
+def connection_parameters(settings: Settings, heartbeat: int = HEARTBEAT_SECONDS) -> list[pika.URLParameters]:
+    """One set per node RABBITMQ_URL names; pika tries them in turn until one connects.
+    Each connection starts at a random node, so a fleet spreads over the cluster."""
+    urls = settings.rabbitmq_urls
+    start = random.randrange(len(urls))
+    return [_parameters(url, heartbeat) for url in urls[start:] + urls[:start]]
+
+
+def _parameters(url: str, heartbeat: int) -> pika.URLParameters:
+    params = pika.URLParameters(url)
     params.heartbeat = heartbeat
     params.blocked_connection_timeout = 10
     params.connection_attempts = 1
@@ -151,6 +160,7 @@ def connection_parameters(settings: Settings, heartbeat: int = HEARTBEAT_SECONDS
 
 
 def open_connection(settings: Settings, heartbeat: int = HEARTBEAT_SECONDS) -> pika.BlockingConnection:
+    """A connection to the first node of RABBITMQ_URL's that answers (failover)."""
     try:
         return pika.BlockingConnection(connection_parameters(settings, heartbeat))
     except (pika.exceptions.AMQPError, OSError) as error:

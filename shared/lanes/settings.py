@@ -219,11 +219,14 @@ class Settings:
                 raise ConfigError("JWT_SECRET is a placeholder; generate a real secret")
             if len(self.jwt_secret) < MIN_SECRET_LENGTH:
                 raise ConfigError(f"JWT_SECRET must be at least {MIN_SECRET_LENGTH} characters")
-        mongo, rabbitmq = urlparse(self.mongo_uri), urlparse(self.rabbitmq_url)
+        mongo = urlparse(self.mongo_uri)
         if mongo.scheme not in ("mongodb", "mongodb+srv") or not mongo.netloc:
             raise ConfigError("MONGO_URI must be a mongodb:// URI")
-        if rabbitmq.scheme not in ("amqp", "amqps") or not rabbitmq.netloc:
-            raise ConfigError("RABBITMQ_URL must be an amqp:// URL")
+        nodes = [urlparse(url) for url in self.rabbitmq_urls]
+        if not nodes or any(node.scheme not in ("amqp", "amqps") or not node.netloc for node in nodes):
+            raise ConfigError("RABBITMQ_URL must be an amqp:// URL, or several separated by commas")
+        if len({node.path or "/" for node in nodes}) > 1:
+            raise ConfigError("RABBITMQ_URL's nodes must all name the same vhost")
         if not self.queue_prefix.replace("-", "").replace("_", "").isalnum():
             raise ConfigError("QUEUE_PREFIX may hold only letters, digits, '-' and '_'")
         if self.queue_type not in QUEUE_TYPES:
@@ -236,12 +239,18 @@ class Settings:
         return name or "lanes"
 
     @property
+    def rabbitmq_urls(self) -> list[str]:
+        """The nodes RABBITMQ_URL names: one URL, or several separated by commas (a cluster,
+        tried in turn when one does not answer)."""
+        return [url.strip() for url in self.rabbitmq_url.split(",") if url.strip()]
+
+    @property
     def management_url(self) -> str:
         """RabbitMQ's management API: RABBITMQ_MANAGEMENT_URL, else port 15672 of the AMQP host
         with the AMQP credentials."""
         if self.rabbitmq_management_url:
             return self.rabbitmq_management_url.rstrip("/")
-        amqp = urlparse(self.rabbitmq_url)
+        amqp = urlparse(self.rabbitmq_urls[0])
         credentials = f"{amqp.username or 'guest'}:{amqp.password or 'guest'}@"
         host = amqp.hostname or "127.0.0.1"
         return f"http://{credentials}{f'[{host}]' if ':' in host else host}:15672"
@@ -249,7 +258,7 @@ class Settings:
     @property
     def rabbitmq_vhost(self) -> str:
         """The vhost named in RABBITMQ_URL's path, `/` when it names none (as pika reads it)."""
-        path = urlparse(self.rabbitmq_url).path
+        path = urlparse(self.rabbitmq_urls[0]).path
         return unquote(path[1:]) if len(path) > 1 else "/"
 
     @property

@@ -5,7 +5,7 @@ from pathlib import Path
 import pymongo.uri_parser
 import pytest
 
-from lanes.broker import QUORUM_DELIVERY_LIMIT, QueueNames, partition_arguments
+from lanes.broker import QUORUM_DELIVERY_LIMIT, QueueNames, connection_parameters, partition_arguments
 from lanes.errors import ConfigError
 from lanes.settings import Settings, load_settings
 
@@ -23,6 +23,21 @@ def test_quorum_partitions_carry_a_delivery_limit_so_returned_messages_come_back
     assert arguments["x-single-active-consumer"] is True
     assert "x-expires" not in arguments and "x-max-length" not in arguments
     assert QueueNames.of(settings) == QueueNames("lanes", "quorum")
+
+
+def test_rabbitmq_url_names_every_node_of_a_cluster_and_connections_fail_over_between_them() -> None:
+    settings = Settings.from_env({"RABBITMQ_URL": "amqp://u:p@node-a:5672/lanes, amqp://u:p@node-b:5673/lanes"})
+    assert settings.rabbitmq_urls == ["amqp://u:p@node-a:5672/lanes", "amqp://u:p@node-b:5673/lanes"]
+    assert settings.rabbitmq_vhost == "lanes"
+    orders = {tuple(p.host for p in connection_parameters(settings)) for _ in range(50)}
+    assert orders == {("node-a", "node-b"), ("node-b", "node-a")}  # every node, from a random one
+    assert Settings.from_env({"RABBITMQ_URL": "amqp://a, ,"}).rabbitmq_urls == ["amqp://a"]
+
+
+@pytest.mark.parametrize("url", ["amqp://u:p@a:5672/lanes,amqp://u:p@b:5672/other", "amqp://u:p@a:5672/lanes,http://b"])
+def test_cluster_urls_that_cannot_work_are_refused(url: str) -> None:
+    with pytest.raises(ConfigError, match="RABBITMQ_URL"):
+        Settings.from_env({"RABBITMQ_URL": url})
 
 
 def test_an_unknown_queue_type_is_refused() -> None:

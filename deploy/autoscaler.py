@@ -203,7 +203,7 @@ class PartitionQueues:
     def _management_counts(self) -> tuple[int, ...] | None:
         """Every partition's messages in one call; None when the API does not answer."""
         api = urllib.parse.urlsplit(self._management_url)
-        amqp = urllib.parse.urlsplit(self._settings.rabbitmq_url)
+        amqp = urllib.parse.urlsplit(self._settings.rabbitmq_urls[0])
         # The name filter applies only to a paged listing; without `page` every queue comes back.
         query = urllib.parse.urlencode(
             {

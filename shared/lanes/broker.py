@@ -408,17 +408,18 @@ class PartitionSession:
         """How many worker processes run now (each consumes the roster once)."""
         return max(1, self.control.counts(self._names.workers).consumers)
 
+    def free(self, index: int) -> bool:
+        """Whether no process consumes the partition (declaring it: a worker that starts
+        before any enqueue holds its share; asking is cheaper than a refused consume)."""
+        return self.control.declare(self._names.partition(index), partition_arguments(self._settings)).consumers == 0
+
     def take(self, index: int) -> bool:
-        """Consume a partition, exclusively; False when another process holds it.
+        """Consume a free partition, exclusively; False when another process holds it.
 
         Quorum queues do not enforce exclusive consumers, so a quorum partition is only
-        joined when it has no consumer at all; the broker removes a dead holder's consumer
-        in the same step that returns its unacknowledged messages."""
+        joined when it has no consumer at all (`free`); the broker removes a dead holder's
+        consumer in the same step that returns its unacknowledged messages."""
         name = self._names.partition(index)
-        # Declared here too, so a worker that starts before any enqueue holds its share;
-        # asking first is also cheaper than a refused consume, which costs a channel.
-        if self.control.declare(name, partition_arguments(self._settings)).consumers > 0:
-            return False
         generation = next(_GENERATIONS)
         try:
             with self.control._translated():

@@ -9,6 +9,7 @@ docs/design.md argues why this keeps every lane FIFO.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -18,11 +19,13 @@ from dataclasses import dataclass, field
 
 from lanes import metrics
 from lanes.actions import Registry, build_registry
+from lanes.broker import QueueNames
 from lanes.db import connect, ensure_indexes
 from lanes.errors import DatabaseError, retry_delay
 from lanes.lane.attempts import Attempts
 from lanes.lane.dispatcher import IDLE_SECONDS, Dispatcher, Settled
 from lanes.lane.fencing import HandBack, Superseded
+from lanes.lane.holding import TakeLocks, take_partition
 from lanes.lane.overflow import DeepLaneRegistry, Overflow
 from lanes.lane.partitions import check_partition_count
 from lanes.lane.scheduler import LanesSeen, Turn
@@ -147,6 +150,8 @@ def create_worker(settings: Settings) -> tuple[WorkerState, list[Callable[[], No
         requests=Requests(db),
         attempts=Attempts(db),
     )
+    # Quorum partitions are taken one process at a time (lanes.lane.holding).
+    locks = TakeLocks(db) if settings.queue_type == "quorum" else None
     overflow = Overflow(
         DeepLaneRegistry(db),
         window=settings.lane_window,
@@ -157,7 +162,9 @@ def create_worker(settings: Settings) -> tuple[WorkerState, list[Callable[[], No
         settings,
         state.stop,
         settings.worker_slots,
-        draw_epoch=state.attempts.draw_epoch,
+        take_partition=functools.partial(
+            take_partition, names=QueueNames.of(settings), attempts=state.attempts, locks=locks
+        ),
         overflow=overflow,
         report_lanes=_report_lanes,
     )

@@ -19,6 +19,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from lanes.db import now, translate_errors
+from lanes.errors import DatabaseError
 from lanes.requests import Claim
 
 
@@ -43,11 +44,16 @@ class Attempts:
     def draw_epoch(self, partition: str) -> int:
         """The partition's next holder epoch. Takers of one partition are serialised by the
         broker (one consumer at a time), so the increment never races with itself."""
-        holder = self._holders.find_one_and_update(
-            {"_id": partition}, {"$inc": {"epoch": 1}}, upsert=True, return_document=ReturnDocument.AFTER
-        )
-        assert holder is not None  # upserted
-        return int(holder["epoch"])
+        for _ in range(2):
+            try:
+                holder = self._holders.find_one_and_update(
+                    {"_id": partition}, {"$inc": {"epoch": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+                )
+            except DuplicateKeyError:
+                continue  # two first takes raced to create it: it exists now, increment it
+            assert holder is not None  # upserted
+            return int(holder["epoch"])
+        raise DatabaseError("could not draw an epoch")
 
     @translate_errors
     def start(self, request_id: str, number: int, epoch: int, deadline: datetime) -> bool:

@@ -48,12 +48,12 @@ class Dispatcher:
         settings: Settings,
         stop: threading.Event,
         slots: int,
-        draw_epoch: Callable[[str], int],
+        take_partition: Callable[[PartitionSession, int], int | None],
         overflow: Overflow,
         report_lanes: Callable[[LanesSeen], None] = lambda _seen: None,
     ) -> None:
         self._settings = settings
-        self._draw_epoch = draw_epoch
+        self._take_partition = take_partition
         self._overflow = overflow
         self.lease = BrokerLease()
         self._epochs: dict[int, int] = {}
@@ -105,6 +105,11 @@ class Dispatcher:
             except BrokerError as error:
                 failures += 1
                 log.warning("worker lost the broker: %r; reconnecting", error)
+            except Exception:
+                # Never a silent dead dispatcher holding partitions: start over as after a
+                # lost connection (what it held goes back to the broker when it closes).
+                failures += 1
+                log.exception("the dispatcher failed; reconnecting")
             # Nothing more starts until a new connection hears the broker: its partitions
             # may be another holder's already (lanes.lane.fencing).
             self.lease.lost()
@@ -303,11 +308,11 @@ class Dispatcher:
         """Take a free partition under a new holder epoch, drawn before consuming so that
         everything this holding starts carries it."""
         try:
-            epoch = self._draw_epoch(self._names.partition(partition))
+            epoch = self._take_partition(self._session, partition)
         except DatabaseError as error:
-            log.warning("cannot draw an epoch for partition %d: %r", partition, error)
+            log.warning("cannot take partition %d: %r", partition, error)
             return False
-        if not self._session.take(partition):
+        if epoch is None:
             return False
         try:
             self._overflow.taken(partition)

@@ -159,6 +159,24 @@ class RabbitMQ:
         self._ctl("set_permissions", "-p", "/", who.user, ".*", ".*", ".*")
         self._ctl("delete_user", "guest")
 
+    def join(self, seed: RabbitMQ) -> None:
+        """Make this running node a member of `seed`'s cluster (both share the Erlang cookie
+        in $HOME; this node's own users and queues give way to the cluster's)."""
+        self._ctl("stop_app")
+        self._ctl("join_cluster", seed.node)
+        self._ctl("start_app")
+        self._ctl("await_startup", "--timeout", "90")
+
+    def kill(self) -> None:
+        """SIGKILL the node, as a crash would: nothing is flushed, nothing said to its peers."""
+        pid_file = self.home / "rabbitmq" / "rabbitmq.pid"
+        if pid_file.exists():
+            try:
+                os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+            pid_file.unlink(missing_ok=True)
+
     def stop(self) -> None:
         pid_file = self.home / "rabbitmq" / "rabbitmq.pid"
         if pid_file.exists():
@@ -316,8 +334,10 @@ def function_urls(amqp_url: str, management: str, prefix: str) -> dict[str, str]
     """The AMQP URL of each function (enqueue, worker, status) on `amqp_url`'s broker and
     vhost, as a user of its own with `function_permissions`; made through the management
     API at `management` (http://host:port) as `amqp_url`'s user. Empty when that user is
-    no administrator (the operator named the functions' users): then all share `amqp_url`."""
-    amqp = urlparse(amqp_url)
+    no administrator (the operator named the functions' users): then all share `amqp_url`.
+    An `amqp_url` naming several nodes (a cluster) gives each function as many."""
+    nodes = [urlparse(url.strip()) for url in amqp_url.split(",") if url.strip()]
+    amqp = nodes[0]
     admin = Credentials(unquote(amqp.username or "guest"), unquote(amqp.password or "guest"))
     vhost = unquote(amqp.path[1:]) if len(amqp.path) > 1 else "/"
     base = management.rstrip("/")
@@ -336,11 +356,15 @@ def function_urls(amqp_url: str, management: str, prefix: str) -> dict[str, str]
         _management_at(
             base, admin, "PUT", f"/api/permissions/{quote(vhost, safe='')}/{quote(who.user, safe='')}", rights
         )
-        netloc = f"{quote(who.user, safe='')}:{quote(who.password, safe='')}@{amqp.hostname}"
-        if amqp.port:
-            netloc += f":{amqp.port}"
-        urls[function] = urlunparse(amqp._replace(netloc=netloc))
+        urls[function] = ",".join(_as_user(node, who) for node in nodes)
     return urls
+
+
+def _as_user(node: Any, who: Credentials) -> str:
+    netloc = f"{quote(who.user, safe='')}:{quote(who.password, safe='')}@{node.hostname}"
+    if node.port:
+        netloc += f":{node.port}"
+    return str(urlunparse(node._replace(netloc=netloc)))
 
 
 def _tags(whoami: Any) -> list[str]:

@@ -186,6 +186,15 @@ def partition_arguments(settings: Settings) -> dict[str, Any]:
     return arguments
 
 
+def overflow_arguments(settings: Settings) -> dict[str, Any]:
+    """A deep lane's overflow queue: a partition's type and delivery limit, but read only by
+    its partition's holder, with `basic.get`, which a single-active-consumer quorum queue
+    refuses (probed on 3.10.8: 405 RESOURCE_LOCKED)."""
+    arguments = partition_arguments(settings)
+    arguments.pop("x-single-active-consumer", None)
+    return arguments
+
+
 def encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode()
 
@@ -485,7 +494,7 @@ class PartitionSession:
             if queue_name not in self._overflow_bound:
                 # Declared and bound by this session first: a transaction's publish that
                 # routes nowhere would be dropped, not refused.
-                self.control.declare(queue_name, partition_arguments(self._settings))
+                self.control.declare(queue_name, overflow_arguments(self._settings))
                 with self.control._translated():
                     self.control.raw.queue_bind(queue_name, exchange, routing_key=lane)
                 self._overflow_bound.add(queue_name)
@@ -504,7 +513,7 @@ class PartitionSession:
         """The next request in the lane's overflow queue, unacknowledged; None when it is empty."""
         queue_name = self._names.overflow(lane)
         # Declared, not asked: a 404 would close the channel and give back what it holds.
-        self.control.declare(queue_name, partition_arguments(self._settings))
+        self.control.declare(queue_name, overflow_arguments(self._settings))
         with self.control._translated():
             if self._overflow is None or not self._overflow[0].is_open:
                 self._overflow = (self._connection.channel(), next(_GENERATIONS))
@@ -521,11 +530,18 @@ class PartitionSession:
                 self._overflow[0].basic_nack(delivery.tag, requeue=True)
 
     def drop_overflow(self, lane: str) -> bool:
-        """Delete the lane's overflow queue if it is empty; False if it is not."""
+        """Delete the lane's overflow queue, found empty by a fetch; False if it is not.
+
+        Only the partition's holder spills into it, so nothing arrives in between. A quorum
+        queue refuses `if-empty` (and closes the connection for asking), so there the
+        emptiness is asked first."""
         queue_name = self._names.overflow(lane)
+        quorum = self._names.queue_type == "quorum"
+        if quorum and self.control.counts(queue_name).ready > 0:
+            return False
         try:
             with self.control._translated():
-                self.control.raw.queue_delete(queue_name, if_empty=True)
+                self.control.raw.queue_delete(queue_name, if_empty=not quorum)
         except ArgumentsDiffer:  # 406: not empty
             return False
         self._overflow_bound.discard(queue_name)

@@ -22,12 +22,16 @@ PARTITIONS = 2
 DEPTH = 60
 
 
-@pytest.fixture(scope="module")
-def deep_stack(running_services: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Two partitions delivering 8 messages ahead each, lanes keeping 3 of them."""
+@pytest.fixture(scope="module", params=["classic", "quorum"])
+def deep_stack(
+    request: pytest.FixtureRequest, running_services: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """Two partitions delivering 8 messages ahead each, lanes keeping 3 of them; classic and
+    quorum queues (a quorum overflow queue takes no single active consumer and no if-empty)."""
     with isolated_stack(
         tmp_path_factory.mktemp("deep"),
         ["--workers", "0"],
+        QUEUE_TYPE=request.param,
         LANE_PARTITIONS=str(PARTITIONS),
         WORKER_HELD_REQUESTS="16",
         LANE_WINDOW="3",

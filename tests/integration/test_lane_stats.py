@@ -16,7 +16,7 @@ import pymongo
 import pytest
 
 from deploy import services
-from lanes.broker import ChannelPool, PartitionSession, QueueNames, partition_arguments
+from lanes.broker import ChannelPool, PartitionSession, QueueNames, overflow_arguments, partition_arguments
 from lanes.db import connect
 from lanes.lane.admission import LaneLedger, PartitionPublisher
 from lanes.lane.messages import LaneMessage, partition_of
@@ -180,7 +180,7 @@ def test_a_deep_lanes_overflow_is_backlog_and_a_dead_lettered_request_is_undeliv
         f"http://127.0.0.1:{broker.management_port}", broker.credentials, settings.rabbitmq_vhost, "lanes"
     )
     with ChannelPool(settings).channel() as channel:
-        channel.declare(names.overflow(deep), partition_arguments(settings))
+        channel.declare(names.overflow(deep), overflow_arguments(settings))
         for _ in range(3):
             message = request_message(deep)
             channel.publish(names.overflow(deep), message.body(), headers=message.headers())

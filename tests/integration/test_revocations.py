@@ -3,6 +3,7 @@ learns, how late, and what it costs per request."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -125,3 +126,34 @@ def test_requests_cost_one_read_per_interval_whatever_their_number(db: Any, find
             reader.check(claims)
         clock.now += 5.0
     assert finds.count - before == 4  # 200 checks, one read per interval
+
+
+def test_a_pushed_revocation_is_refused_elsewhere_without_a_read(lanes_env: dict[str, str], db: Any) -> None:
+    settings = Settings.from_env(lanes_env)
+    clock, claims = Clock(), _claims()
+    here = Revocations(db, 3600.0, LIFETIME, clock=clock)  # its own poll never comes in this test
+    connected = threading.Event()
+    original = here.catch_up
+    here.catch_up = lambda: (original(), connected.set())  # type: ignore[method-assign]
+    here.listen(settings)
+    assert connected.wait(10)
+    here.check(claims)
+    Revocations.from_settings(db, settings, publish=True).revoke_token(claims)  # another process
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            here.check(claims)
+        except AuthError as refused:
+            assert refused.code == "token_revoked"
+            break
+        assert time.monotonic() < deadline, "not refused within 1 s"
+        time.sleep(0.02)
+
+
+def test_revocations_carry_the_database_servers_time(db: Any) -> None:
+    # A writer whose clock runs 10 minutes behind still writes under the server's time.
+    claims = _claims()
+    Revocations(db, 1.0, LIFETIME, clock=lambda: time.time() - 600).revoke_token(claims)
+    written = db.revocations.find_one({"subject": claims.jti})
+    stamped = int(written["_id"][:12], 16) / 1000
+    assert abs(stamped - time.time()) < 5

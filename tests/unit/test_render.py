@@ -351,7 +351,7 @@ def test_each_function_has_its_own_database_and_broker_credentials(rendered: Pat
             assert owners.setdefault(refs[setting], function.name) == function.name, f"{setting} shared"
         assert "MONGO_URI" in refs, function.name
         # Only what the function uses: register and login never touch the broker.
-        assert ("RABBITMQ_URL" in refs) == (function.name in ("enqueue", "status", "worker")), function.name
+        assert ("RABBITMQ_URL" in refs) == (function.name in ("login", "enqueue", "status", "worker")), function.name
         assert ("RABBITMQ_MANAGEMENT_URL" in refs) == (function.name == "status"), function.name
     # KEDA reads the management API with the worker's own monitoring Secret, which the worker's pods never get.
     (host,) = [
@@ -826,7 +826,7 @@ def test_pods_reach_only_dns_and_the_services_their_own_secrets_name(rendered: P
     found = objects(rendered / target)
     users = {
         "MONGO_URI": {f.name for f in TEMPLATE.functions},
-        "RABBITMQ_URL": {"enqueue", "status", "worker"},
+        "RABBITMQ_URL": {"login", "enqueue", "status", "worker"},
         "RABBITMQ_MANAGEMENT_URL": {"status"},  # the worker's scaler reads it, not the worker
     }
     ports = {"MONGO_URI": (27017,), "RABBITMQ_URL": (5671, 5672), "RABBITMQ_MANAGEMENT_URL": (15671, 15672)}

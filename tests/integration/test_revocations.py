@@ -157,3 +157,29 @@ def test_revocations_carry_the_database_servers_time(db: Any) -> None:
     written = db.revocations.find_one({"subject": claims.jti})
     stamped = int(written["_id"][:12], 16) / 1000
     assert abs(stamped - time.time()) < 5
+
+
+def test_delete_user_revokes_before_it_deletes(
+    lanes_env: dict[str, str], db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lanes import admin
+    from lanes.errors import DatabaseError
+    from lanes.validation import username_key
+
+    settings = Settings.from_env(lanes_env)
+    name, user_id = f"gone-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    db.users.insert_one({"_id": username_key(name), "user_id": user_id, "username": name})
+
+    def fails(_self: Revocations, _user_id: str) -> None:
+        raise DatabaseError("the database went away")
+
+    # A revocation that cannot be written leaves the user in place, to be deleted again.
+    with monkeypatch.context() as patched:
+        patched.setattr(Revocations, "revoke_user", fails)
+        with pytest.raises(DatabaseError):
+            admin.delete_user(settings, name)
+    assert db.users.find_one({"_id": username_key(name)}) is not None
+    assert admin.delete_user(settings, name) == {"deleted": name}
+    assert db.users.find_one({"_id": username_key(name)}) is None
+    with pytest.raises(AuthError):
+        Revocations(db, 1.0, LIFETIME).check(_claims(user_id))

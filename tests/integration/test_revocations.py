@@ -3,6 +3,7 @@ learns, how late, and what it costs per request."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import uuid
@@ -183,3 +184,38 @@ def test_delete_user_revokes_before_it_deletes(
     assert db.users.find_one({"_id": username_key(name)}) is None
     with pytest.raises(AuthError):
         Revocations(db, 1.0, LIFETIME).check(_claims(user_id))
+
+
+def test_revocations_heard_while_a_read_prunes_never_break_it(db: Any) -> None:
+    # A read walks the known revocations to drop the expired ones while the listener adds
+    # what it hears: both change them under one lock, so neither sees the other half done.
+    clock = Clock()
+    reader = Revocations(db, 1.0, LIFETIME, clock=clock)
+    reader.check(_claims())
+    hearing = threading.Event()
+    errors: list[BaseException] = []
+
+    def hear() -> None:
+        n = 0
+        while not hearing.is_set():
+            n += 1
+            reader.apply(f'{{"kind": "token", "subject": "t{n}", "until": {time.time() - 60}}}'.encode())
+
+    listener = threading.Thread(target=hear)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns often, as under load
+    listener.start()
+    try:
+        for _ in range(10):
+            for n in range(20_000):
+                reader.apply(f'{{"kind": "user", "subject": "u{n}", "until": {time.time() - 60}}}'.encode())
+            clock.now += 1.0
+            try:
+                reader.catch_up()  # prunes everything expired
+            except RuntimeError as error:  # "dictionary changed size during iteration"
+                errors.append(error)
+    finally:
+        hearing.set()
+        listener.join()
+        sys.setswitchinterval(interval)
+    assert errors == []

@@ -93,13 +93,15 @@ POD_SECURITY = {
     "baseline": {"enforce": "baseline", "audit": "restricted", "warn": "restricted"},
 }
 Manifest = dict[str, Any]
-# Settings every rendered function gets unless template.yaml sets them. The proxies in
-# front of a function all live in the cluster: on Knative the queue-proxy (127.0.0.1, in
-# the pod), the activator and the ingress; on OpenFaaS the gateway and the ingress. Their
-# pod ranges are private ones; narrow these to the cluster's (docs/security.md).
+# Settings every rendered function gets unless template.yaml sets them. Only loopback is
+# trusted to write X-Forwarded-For (the sidecar in the pod): no private range is, since
+# anything in the cluster could then choose its address. The operator names the ingress's
+# and the activator's (or the gateway's) ranges, or a hop count, in template.yaml's `env`
+# (TRUSTED_PROXIES, TRUSTED_PROXY_HOPS; docs/security.md says what to set where).
 # The `fail` test action is off: anyone with an account could fill the dead letters.
 PLATFORM_ENV = {
-    "TRUSTED_PROXIES": "127.0.0.1/32,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7",
+    "TRUSTED_PROXIES": "127.0.0.1/32,::1/128",
+    "TRUSTED_PROXY_HOPS": "0",
     "ENABLE_FAIL_ACTION": "false",
 }
 

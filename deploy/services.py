@@ -273,8 +273,9 @@ class FerretDB:
 # more (`function_urls`). Per function: (configure, write, read) permission regexes for
 # the queue prefix `p`, and the user's tags. Publishing to a partition is a write on the
 # default exchange (`amq.default`); the enqueue function's settled feed is a server-named
-# queue (`amq.gen-…`) bound to `<p>.settled`.
-FUNCTION_TAGS = {"enqueue": "", "worker": "", "status": "monitoring"}
+# queue (`amq.gen-…`) bound to `<p>.settled`. Every function that checks tokens follows
+# `<p>.revocations` the same way; only login publishes there (lanes.revocations).
+FUNCTION_TAGS = {"login": "", "enqueue": "", "worker": "", "status": "monitoring"}
 
 
 def function_permissions(prefix: str) -> dict[str, tuple[str, str, str]]:
@@ -285,9 +286,17 @@ def function_permissions(prefix: str) -> dict[str, tuple[str, str, str]]:
     roster = rf"{p}\.workers(\.busy|\.waiting)?|{p}\.sweeper"
     # Deep lanes (lanes.lane.overflow): the exchange a worker spills into, and the queues.
     overflow = rf"{p}\.overflow|{p}\.overflow\..+"
+    revoked = rf"{p}\.revocations"
     return {
-        # Declare the partitions and publish into them; follow the settled notices.
-        "enqueue": (f"^({partitions}|{settled}|{feed})$", rf"^(amq\.default|{feed})$", f"^({settled}|{feed})$"),
+        # Publish revocations, and follow those published by others (an operator's).
+        "login": (f"^({revoked}|{feed})$", f"^({revoked}|{feed})$", f"^({revoked}|{feed})$"),
+        # Declare the partitions and publish into them; follow the settled notices and the
+        # revocations.
+        "enqueue": (
+            f"^({partitions}|{settled}|{revoked}|{feed})$",
+            rf"^(amq\.default|{feed})$",
+            f"^({settled}|{revoked}|{feed})$",
+        ),
         # Hold and consume the partitions, publish settled notices, join the roster and
         # the sweeper election, spill deep lanes into their overflow queues and fetch them
         # back; never publish into a partition.
@@ -296,9 +305,10 @@ def function_permissions(prefix: str) -> dict[str, tuple[str, str, str]]:
             f"^({settled}|{overflow})$",
             f"^({partitions}|{roster}|{overflow})$",
         ),
-        # Read-only: the management API's figures (tag `monitoring`) and the sweeper
-        # election, which only consumes an empty queue of its own.
-        "status": (rf"^{p}\.sweeper$", "^$", rf"^{p}\.sweeper$"),
+        # Read-only: the management API's figures (tag `monitoring`), the sweeper election,
+        # which only consumes an empty queue of its own, and the revocations, through a
+        # server-named queue that it may bind (a write on that queue alone).
+        "status": (f"^({p}\\.sweeper|{revoked}|{feed})$", f"^({feed})$", f"^({p}\\.sweeper|{revoked}|{feed})$"),
     }
 
 

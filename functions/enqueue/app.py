@@ -31,7 +31,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     except DatabaseError:
         pass  # the database may come up after us; the worker creates the indexes too
     check_partition_count(db, settings)
-    sessions = Sessions(Users(db), TokenService(settings, can_sign=False), Revocations.from_settings(db, settings))
+    revocations = Revocations.from_settings(db, settings)
+    revocations.listen(settings)  # logouts elsewhere, applied as they are published
+    sessions = Sessions(Users(db), TokenService(settings, can_sign=False), revocations)
     known_actions = build_registry(settings).names
     requests = Requests(db)
     pool = ChannelPool(settings)

@@ -27,10 +27,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         ensure_indexes(db)  # login_failures' among them
     except DatabaseError:
         pass  # the database may come up after us; enqueue and the worker create them too
+    # Pushes what it revokes to the other functions, and hears what they revoke (an
+    # operator's delete-user): lanes.revocations.
+    revocations = Revocations.from_settings(db, settings, publish=True)
+    revocations.listen(settings)
     sessions = Sessions(
         Users(db, PasswordHasher(settings)),
         TokenService(settings, can_sign=True),
-        Revocations.from_settings(db, settings),
+        revocations,
         LoginThrottle(db, settings),
     )
     # Per client address, in this process's memory, right passwords too: refusing costs

@@ -25,7 +25,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     configure_logging("status", settings.log_level)
     db = connect(settings)
-    sessions = Sessions(Users(db), TokenService(settings, can_sign=False), Revocations.from_settings(db, settings))
+    revocations = Revocations.from_settings(db, settings)
+    revocations.listen(settings)  # logouts elsewhere, applied as they are published
+    sessions = Sessions(Users(db), TokenService(settings, can_sign=False), revocations)
     requests = Requests(db)
     # Per user, in this process's memory: refusing costs no round trip (lanes.ratelimit).
     per_user = RateLimiter(settings.status_rate_per_second, settings.status_burst)

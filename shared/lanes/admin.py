@@ -47,12 +47,16 @@ def requeue(settings: Settings, request_id: str) -> dict[str, Any]:
 
 
 def delete_user(settings: Settings, username: str) -> dict[str, Any]:
-    """Remove a user and revoke their tokens: refused everywhere within AUTH_CACHE_SECONDS."""
+    """Revoke a user's tokens, then remove the user: refused everywhere as soon as the
+    revocation is pushed (lanes.revocations), and never a moment when the user is gone but
+    the tokens still work."""
     db = connect(settings)
-    user_id = Users(db).delete(username)
+    users = Users(db)
+    user_id = users.id_of(username)
     if user_id is None:
         raise LanesError(f"no user {username}", code="not_found")
-    Revocations.from_settings(db, settings).revoke_user(user_id)
+    Revocations.from_settings(db, settings, publish=True).revoke_user(user_id)
+    users.delete(username)
     return {"deleted": username}
 
 

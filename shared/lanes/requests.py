@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,7 +32,7 @@ from typing import Any
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from lanes.db import iso, now, time_ordered_id, translate_errors
+from lanes.db import is_ferretdb, iso, now, time_ordered_id, translate_errors
 from lanes.errors import Conflict, NotFound
 from lanes.inserts import GroupInserts
 
@@ -115,6 +116,7 @@ def _state_fields(record: dict[str, Any]) -> dict[str, Any]:
 
 
 LIST_SCAN_MAX = 1000  # records one listing page looks at, at most
+LIST_CHUNK = 100  # records read before their outcomes, under a status filter
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,8 @@ class Requests:
         # Records, claims and outcomes are written together with the process's other
         # inserts of the moment (lanes.inserts): one command for several documents.
         self._inserts = inserts or GroupInserts()
+        self._db = db
+        self._batched: bool | None = None  # outcomes by one `$in` (outcomes_of): asked once
         self._requests = db.requests
         self._outcomes = db.outcomes
         self._keys = db.idempotency_keys
@@ -236,24 +240,37 @@ class Requests:
         query: dict[str, Any] = {"user_id": user_id}
         if after:
             query["_id"] = {"$gt": after}
+        if self._batched is None:
+            self._batched = not is_ferretdb(self._db)
         listed: list[dict[str, Any]] = []
         claimed_head_seen = False
         examined, last = 0, None
-        # The request's data is never listed: leave it in the database.
-        for record in self._requests.find(query, {"data_json": 0, "fingerprint": 0}).sort("_id", 1):
-            if len(listed) >= limit or examined >= LIST_SCAN_MAX:
-                return Page(listed, last)
-            examined, last = examined + 1, record["_id"]
-            outcome = self._outcomes.find_one({"_id": record["_id"]})
-            claim = None
-            if outcome is None and not claimed_head_seen:
-                # Only the oldest unfinished request of a lane can be running, so one claim
-                # read per page (past a cancel that has not recorded its outcome yet).
-                claim = self._claims.find_one({"_id": record["_id"]})
-                claimed_head_seen = claim is None or claim.get("by") == "worker"
-            derived = _derive(record, claim, outcome)
-            if status is None or derived["status"] == status:
-                listed.append(derived)
+        # The request's data is never listed: leave it in the database. One record past
+        # the scan bound says whether anything is left.
+        found = self._requests.find(query, {"data_json": 0, "fingerprint": 0}).sort("_id", 1).limit(LIST_SCAN_MAX + 1)
+        records = iter(found)
+        # A chunk of records, then their outcomes in one call: without a status filter a
+        # page is one chunk (plus the record that says whether one is left).
+        chunk_size = limit + 1 if status is None else max(limit, LIST_CHUNK)
+        while chunk := list(itertools.islice(records, chunk_size)):
+            wanted = min(LIST_SCAN_MAX - examined, len(chunk))
+            if status is None:
+                wanted = min(wanted, limit - len(listed))
+            outcomes = outcomes_of(self._db, [r["_id"] for r in chunk[:wanted]], batched=self._batched)
+            for record in chunk:
+                if len(listed) >= limit or examined >= LIST_SCAN_MAX:
+                    return Page(listed, last)
+                examined, last = examined + 1, record["_id"]
+                outcome = outcomes.get(record["_id"])
+                claim = None
+                if outcome is None and not claimed_head_seen:
+                    # Only the oldest unfinished request of a lane can be running, so one
+                    # claim read per page (past a cancel that has not recorded its outcome yet).
+                    claim = self._claims.find_one({"_id": record["_id"]})
+                    claimed_head_seen = claim is None or claim.get("by") == "worker"
+                derived = _derive(record, claim, outcome)
+                if status is None or derived["status"] == status:
+                    listed.append(derived)
         return Page(listed, None)
 
     @translate_errors

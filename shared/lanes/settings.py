@@ -94,7 +94,8 @@ class Settings:
     trusted_proxies: str = "127.0.0.1/32,::1/128"
     trusted_proxy_hops: int = 0
     # How often a process reads what was revoked since its last look (lanes.revocations;
-    # 0 = on every call): a token revoked elsewhere keeps working here at most this long.
+    # 0 = on every call): the backstop behind the revocations pushed on the broker, which
+    # take effect at once; it bounds how long a revocation whose push was lost works here.
     auth_cache_seconds: float = 5.0
 
     # Retention (lanes.retention): terminal requests and what hangs off them are purged

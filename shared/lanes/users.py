@@ -74,9 +74,16 @@ class Users:
         return User(id=document["user_id"], username=document["username"])
 
     @translate_errors
+    def id_of(self, username: str) -> str | None:
+        """The user's id, None when there is no such user."""
+        document = self._users.find_one({"_id": username_key(username)}, {"user_id": 1})
+        return None if document is None else str(document["user_id"])
+
+    @translate_errors
     def delete(self, username: str) -> str | None:
         """Remove a user; the removed user's id, None when there was none. Their tokens
-        stop working once the id is revoked too (`python -m lanes.admin delete-user`)."""
+        stop working once the id is revoked, which comes first
+        (`python -m lanes.admin delete-user`)."""
         document = self._users.find_one_and_delete({"_id": username_key(username)})
         return None if document is None else str(document["user_id"])
 

@@ -1,6 +1,7 @@
 """Each function reaches the embedded broker as a user of its own, with only the rights it needs:
 the status function's user can neither publish a request or a settled notice nor take work,
-and the enqueue function's cannot take work."""
+and the enqueue function's cannot take work. Only login publishes revocations; every
+function that checks tokens follows them through a server-named queue."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ PREFIX = "lanes"
 PARTITION = f"{PREFIX}.partition.0"
 SETTLED = f"{PREFIX}.settled"
 OVERFLOW = f"{PREFIX}.overflow"  # where a worker spills a deep lane's requests
+REVOCATIONS = f"{PREFIX}.revocations"  # lanes.revocations: a transient fanout
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +33,7 @@ def urls(running_services: None) -> Iterator[dict[str, str]]:
         channel.queue_declare(PARTITION, durable=True, arguments={"x-queue-type": "classic"})
         channel.exchange_declare(SETTLED, "fanout", durable=True)
         channel.exchange_declare(OVERFLOW, "direct", durable=True)
+        channel.exchange_declare(REVOCATIONS, "fanout", durable=False)
     yield broker_urls({"RABBITMQ_URL": admin_url, "QUEUE_PREFIX": PREFIX})
     management_api("DELETE", f"/api/vhosts/{vhost}")
 
@@ -47,6 +50,13 @@ def _refused(url: str, operation: str) -> bool:
                 channel.basic_publish(SETTLED, "", b"{}")
             elif operation == "spill a deep lane":
                 channel.basic_publish(OVERFLOW, "some-user", b"{}")
+            elif operation == "publish a revocation":
+                channel.basic_publish(REVOCATIONS, "", b"{}")
+            elif operation == "follow the revocations":
+                channel.exchange_declare(REVOCATIONS, "fanout", durable=False)
+                own = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+                channel.queue_bind(own, REVOCATIONS)
+                channel.basic_consume(own, lambda *_: None)
             elif operation == "consume a partition":
                 channel.basic_consume(PARTITION, lambda *_: None)
                 channel.cancel()
@@ -61,8 +71,8 @@ def _refused(url: str, operation: str) -> bool:
 def test_every_function_has_a_user_of_its_own(urls: dict[str, str]) -> None:
     admin = services.local_broker().credentials
     users = {name: pika.URLParameters(url).credentials.username for name, url in urls.items()}  # type: ignore[attr-defined]
-    assert users == {name: f"{admin.user}-{name}" for name in ("enqueue", "worker", "status")}
-    assert len({url for url in urls.values()}) == 3
+    assert users == {name: f"{admin.user}-{name}" for name in ("login", "enqueue", "worker", "status")}
+    assert len({url for url in urls.values()}) == 4
 
 
 @pytest.mark.parametrize(
@@ -80,6 +90,17 @@ def test_every_function_has_a_user_of_its_own(urls: dict[str, str]) -> None:
         ("worker", "spill a deep lane", False),
         ("enqueue", "spill a deep lane", True),
         ("status", "spill a deep lane", True),
+        ("login", "publish a revocation", False),
+        ("login", "follow the revocations", False),
+        ("login", "publish to a partition", True),
+        ("login", "publish a settled notice", True),
+        ("login", "consume a partition", True),
+        ("enqueue", "follow the revocations", False),
+        ("status", "follow the revocations", False),
+        ("enqueue", "publish a revocation", True),
+        ("status", "publish a revocation", True),
+        ("worker", "publish a revocation", True),
+        ("worker", "follow the revocations", True),
     ],
 )
 def test_each_function_may_do_only_its_part(urls: dict[str, str], function: str, operation: str, refused: bool) -> None:
@@ -88,7 +109,7 @@ def test_each_function_may_do_only_its_part(urls: dict[str, str], function: str,
 
 def test_the_status_user_may_only_watch_the_management_api(urls: dict[str, str]) -> None:
     tags = {name: services.FUNCTION_TAGS[name] for name in urls}
-    assert tags == {"enqueue": "", "worker": "", "status": "monitoring"}
+    assert tags == {"login": "", "enqueue": "", "worker": "", "status": "monitoring"}
 
 
 def test_a_password_that_begins_with_a_dash_is_set_through_stdin() -> None:

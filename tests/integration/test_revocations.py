@@ -3,6 +3,8 @@ learns, how late, and what it costs per request."""
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -125,3 +127,95 @@ def test_requests_cost_one_read_per_interval_whatever_their_number(db: Any, find
             reader.check(claims)
         clock.now += 5.0
     assert finds.count - before == 4  # 200 checks, one read per interval
+
+
+def test_a_pushed_revocation_is_refused_elsewhere_without_a_read(lanes_env: dict[str, str], db: Any) -> None:
+    settings = Settings.from_env(lanes_env)
+    clock, claims = Clock(), _claims()
+    here = Revocations(db, 3600.0, LIFETIME, clock=clock)  # its own poll never comes in this test
+    connected = threading.Event()
+    original = here.catch_up
+    here.catch_up = lambda: (original(), connected.set())  # type: ignore[method-assign]
+    here.listen(settings)
+    assert connected.wait(10)
+    here.check(claims)
+    Revocations.from_settings(db, settings, publish=True).revoke_token(claims)  # another process
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            here.check(claims)
+        except AuthError as refused:
+            assert refused.code == "token_revoked"
+            break
+        assert time.monotonic() < deadline, "not refused within 1 s"
+        time.sleep(0.02)
+
+
+def test_revocations_carry_the_database_servers_time(db: Any) -> None:
+    # A writer whose clock runs 10 minutes behind still writes under the server's time.
+    claims = _claims()
+    Revocations(db, 1.0, LIFETIME, clock=lambda: time.time() - 600).revoke_token(claims)
+    written = db.revocations.find_one({"subject": claims.jti})
+    stamped = int(written["_id"][:12], 16) / 1000
+    assert abs(stamped - time.time()) < 5
+
+
+def test_delete_user_revokes_before_it_deletes(
+    lanes_env: dict[str, str], db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lanes import admin
+    from lanes.errors import DatabaseError
+    from lanes.validation import username_key
+
+    settings = Settings.from_env(lanes_env)
+    name, user_id = f"gone-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    db.users.insert_one({"_id": username_key(name), "user_id": user_id, "username": name})
+
+    def fails(_self: Revocations, _user_id: str) -> None:
+        raise DatabaseError("the database went away")
+
+    # A revocation that cannot be written leaves the user in place, to be deleted again.
+    with monkeypatch.context() as patched:
+        patched.setattr(Revocations, "revoke_user", fails)
+        with pytest.raises(DatabaseError):
+            admin.delete_user(settings, name)
+    assert db.users.find_one({"_id": username_key(name)}) is not None
+    assert admin.delete_user(settings, name) == {"deleted": name}
+    assert db.users.find_one({"_id": username_key(name)}) is None
+    with pytest.raises(AuthError):
+        Revocations(db, 1.0, LIFETIME).check(_claims(user_id))
+
+
+def test_revocations_heard_while_a_read_prunes_never_break_it(db: Any) -> None:
+    # A read walks the known revocations to drop the expired ones while the listener adds
+    # what it hears: both change them under one lock, so neither sees the other half done.
+    clock = Clock()
+    reader = Revocations(db, 1.0, LIFETIME, clock=clock)
+    reader.check(_claims())
+    hearing = threading.Event()
+    errors: list[BaseException] = []
+
+    def hear() -> None:
+        n = 0
+        while not hearing.is_set():
+            n += 1
+            reader.apply(f'{{"kind": "token", "subject": "t{n}", "until": {time.time() - 60}}}'.encode())
+
+    listener = threading.Thread(target=hear)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns often, as under load
+    listener.start()
+    try:
+        for _ in range(10):
+            for n in range(20_000):
+                reader.apply(f'{{"kind": "user", "subject": "u{n}", "until": {time.time() - 60}}}'.encode())
+            clock.now += 1.0
+            try:
+                reader.catch_up()  # prunes everything expired
+            except RuntimeError as error:  # "dictionary changed size during iteration"
+                errors.append(error)
+    finally:
+        hearing.set()
+        listener.join()
+        sys.setswitchinterval(interval)
+    assert errors == []

@@ -351,7 +351,7 @@ def test_each_function_has_its_own_database_and_broker_credentials(rendered: Pat
             assert owners.setdefault(refs[setting], function.name) == function.name, f"{setting} shared"
         assert "MONGO_URI" in refs, function.name
         # Only what the function uses: register and login never touch the broker.
-        assert ("RABBITMQ_URL" in refs) == (function.name in ("enqueue", "status", "worker")), function.name
+        assert ("RABBITMQ_URL" in refs) == (function.name in ("login", "enqueue", "status", "worker")), function.name
         assert ("RABBITMQ_MANAGEMENT_URL" in refs) == (function.name == "status"), function.name
     # KEDA reads the management API with the worker's own monitoring Secret, which the worker's pods never get.
     (host,) = [
@@ -427,15 +427,27 @@ def _rendered_env(rendered: Path) -> dict[str, dict[str, str]]:
     }
 
 
-def test_rendered_functions_trust_the_cluster_proxies_and_find_the_client_behind_them(rendered: Path) -> None:
+def test_rendered_functions_trust_only_loopback_unless_the_operator_names_proxies(
+    rendered: Path, tmp_path: Path
+) -> None:
     from lanes.settings import Settings
 
     for where, env in _rendered_env(rendered).items():
         proxies = Settings.from_env(env).proxies
-        # Knative: queue-proxy -> activator -> ingress; OpenFaaS: gateway -> ingress.
-        assert proxies.client("127.0.0.1", ["198.51.100.7, 10.1.0.4, 10.2.0.9"]) == "198.51.100.7", where
-        assert proxies.client("10.3.0.2", ["6.6.6.6, 198.51.100.7, 172.16.5.5"]) == "198.51.100.7", where
+        # No private range is trusted: an entry written in the cluster is the client, and a
+        # peer in the cluster that is no named proxy is the client itself.
+        assert proxies.client("127.0.0.1", ["198.51.100.7, 10.1.0.4, 10.2.0.9"]) == "10.2.0.9", where
+        assert proxies.client("10.3.0.2", ["6.6.6.6, 198.51.100.7, 172.16.5.5"]) == "10.3.0.2", where
         assert proxies.client("198.51.100.7", ["6.6.6.6"]) == "198.51.100.7", where
+    # The operator names the ingress's and the activator's ranges in template.yaml's env.
+    source = yaml.safe_load((ROOT / "template.yaml").read_text())
+    source["env"]["TRUSTED_PROXIES"] = "127.0.0.1/32,::1/128,10.1.0.0/16,10.2.0.0/16"
+    (tmp_path / "template.yaml").write_text(yaml.safe_dump(source))
+    named = load(tmp_path / "template.yaml")
+    for env in (render.config_data(named), render.openfaas_function(named, named.functions[0], OPTIONS)["environment"]):
+        proxies = Settings.from_env(env).proxies
+        assert proxies.client("127.0.0.1", ["6.6.6.6, 198.51.100.7, 10.1.0.4, 10.2.0.9"]) == "198.51.100.7"
+        assert proxies.client("10.3.0.2", ["6.6.6.6"]) == "10.3.0.2"
 
 
 def test_the_fail_action_is_off_in_rendered_manifests(rendered: Path) -> None:
@@ -826,7 +838,7 @@ def test_pods_reach_only_dns_and_the_services_their_own_secrets_name(rendered: P
     found = objects(rendered / target)
     users = {
         "MONGO_URI": {f.name for f in TEMPLATE.functions},
-        "RABBITMQ_URL": {"enqueue", "status", "worker"},
+        "RABBITMQ_URL": {"login", "enqueue", "status", "worker"},
         "RABBITMQ_MANAGEMENT_URL": {"status"},  # the worker's scaler reads it, not the worker
     }
     ports = {"MONGO_URI": (27017,), "RABBITMQ_URL": (5671, 5672), "RABBITMQ_MANAGEMENT_URL": (15671, 15672)}

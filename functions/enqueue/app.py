@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, Response, g, jsonify, request
 
-from lanes import correlation, validation
+from lanes import correlation, revocation_push, validation
 from lanes.actions import build_registry
 from lanes.broker import ChannelPool, check_connection
 from lanes.db import connect, ensure_indexes, ping
@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         pass  # the database may come up after us; the worker creates the indexes too
     check_partition_count(db, settings)
     revocations = Revocations.from_settings(db, settings)
-    revocations.listen(settings)  # logouts elsewhere, applied as they are published
+    revocation_push.listen(revocations, settings)  # logouts elsewhere, applied as they are published
     sessions = Sessions(Users(db), TokenService(settings, can_sign=False), revocations)
     known_actions = build_registry(settings).names
     requests = Requests(db)

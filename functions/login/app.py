@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, Response, jsonify
 
-from lanes import validation
+from lanes import revocation_push, validation
 from lanes.db import connect, ensure_indexes, ping
 from lanes.errors import DatabaseError
 from lanes.logs import configure_logging
@@ -29,8 +29,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         pass  # the database may come up after us; enqueue and the worker create them too
     # Pushes what it revokes to the other functions, and hears what they revoke (an
     # operator's delete-user): lanes.revocations.
-    revocations = Revocations.from_settings(db, settings, publish=True)
-    revocations.listen(settings)
+    revocations = Revocations.from_settings(db, settings, publish=revocation_push.publisher(settings))
+    revocation_push.listen(revocations, settings)
     sessions = Sessions(
         Users(db, PasswordHasher(settings)),
         TokenService(settings, can_sign=True),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, Response, jsonify, request
 
-from lanes import validation
+from lanes import revocation_push, validation
 from lanes.broker import check_connection
 from lanes.db import connect, ping
 from lanes.httpmetrics import add_collector
@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging("status", settings.log_level)
     db = connect(settings)
     revocations = Revocations.from_settings(db, settings)
-    revocations.listen(settings)  # logouts elsewhere, applied as they are published
+    revocation_push.listen(revocations, settings)  # logouts elsewhere, applied as they are published
     sessions = Sessions(Users(db), TokenService(settings, can_sign=False), revocations)
     requests = Requests(db)
     # Per user, in this process's memory: refusing costs no round trip (lanes.ratelimit).

@@ -12,6 +12,7 @@ import json
 import sys
 from typing import Any
 
+from lanes import revocation_push
 from lanes.broker import ChannelPool
 from lanes.db import connect, iso
 from lanes.errors import LanesError
@@ -55,7 +56,7 @@ def delete_user(settings: Settings, username: str) -> dict[str, Any]:
     user_id = users.id_of(username)
     if user_id is None:
         raise LanesError(f"no user {username}", code="not_found")
-    Revocations.from_settings(db, settings, publish=True).revoke_user(user_id)
+    Revocations.from_settings(db, settings, publish=revocation_push.publisher(settings)).revoke_user(user_id)
     users.delete(username)
     return {"deleted": username}
 

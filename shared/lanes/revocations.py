@@ -34,7 +34,6 @@ from typing import Any
 
 from pymongo.database import Database
 
-from lanes.broker import Hints
 from lanes.db import time_ordered_id, translate_errors
 from lanes.errors import AuthError, BrokerError, DatabaseError
 from lanes.settings import Settings
@@ -74,16 +73,12 @@ class Revocations:
         self._changing = threading.Lock()  # every change to the two dictionaries
 
     @classmethod
-    def from_settings(cls, db: Database[dict[str, Any]], settings: Settings, *, publish: bool = False) -> Revocations:
-        """With `publish`, what this process revokes is also pushed to the others."""
-        push = Hints(settings, exchange_name(settings)).publish if publish else None
-        return cls(db, settings.auth_cache_seconds, settings.jwt_expires_seconds, publish=push)
-
-    def listen(self, settings: Settings) -> None:
-        """Apply the revocations other processes publish, from a background thread, for
-        the life of the process; catch up from the collection on every (re)connection."""
-        hints = Hints(settings, exchange_name(settings), self.apply, self.catch_up)
-        threading.Thread(target=hints.run, name="lanes-revocations", daemon=True).start()
+    def from_settings(
+        cls, db: Database[dict[str, Any]], settings: Settings, *, publish: Callable[[bytes], None] | None = None
+    ) -> Revocations:
+        """`publish`: how what this process revokes is pushed to the others
+        (lanes.revocation_push), if it revokes at all."""
+        return cls(db, settings.auth_cache_seconds, settings.jwt_expires_seconds, publish=publish)
 
     def check(self, claims: Claims) -> None:
         """AuthError when the token or its user was revoked, as far as this process knows."""

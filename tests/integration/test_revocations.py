@@ -14,6 +14,7 @@ import pymongo.monitoring
 import pytest
 from pymongo import MongoClient
 
+from lanes import revocation_push
 from lanes.db import time_ordered_id
 from lanes.errors import AuthError
 from lanes.revocations import Revocations
@@ -136,10 +137,11 @@ def test_a_pushed_revocation_is_refused_elsewhere_without_a_read(lanes_env: dict
     connected = threading.Event()
     original = here.catch_up
     here.catch_up = lambda: (original(), connected.set())  # type: ignore[method-assign]
-    here.listen(settings)
+    revocation_push.listen(here, settings)
     assert connected.wait(10)
     here.check(claims)
-    Revocations.from_settings(db, settings, publish=True).revoke_token(claims)  # another process
+    publish = revocation_push.publisher(settings)
+    Revocations.from_settings(db, settings, publish=publish).revoke_token(claims)  # another process
     deadline = time.monotonic() + 1.0
     while True:
         try:

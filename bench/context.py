@@ -45,6 +45,7 @@ class Sizes:
     growth_reap_seconds: float
     backlog_counts: tuple[int, ...]  # requests waiting when a worker starts
     backlog_seconds: float  # how long that worker is watched
+    hol_seconds: float  # how long light lanes arrive beside the heavy ones
 
     @property
     def users(self) -> int:
@@ -81,6 +82,7 @@ FULL = Sizes(
     growth_reap_seconds=90,
     backlog_counts=(30_000, 300_000),
     backlog_seconds=40,
+    hol_seconds=12,
 )
 
 QUICK = Sizes(
@@ -109,6 +111,7 @@ QUICK = Sizes(
     growth_reap_seconds=10,
     backlog_counts=(3_000, 30_000),
     backlog_seconds=10,
+    hol_seconds=6,
 )
 
 

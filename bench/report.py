@@ -116,6 +116,15 @@ def targets(r: dict[str, Any]) -> list[Target]:
         out.append(
             Target(f"throughput at {high} vs {low} lanes", f"{ratio}x", wanted, None if ratio is None else ratio >= 0.7)
         )
+    ratio = _ratio(r.get("hol_light_p99_ms_bound"), r.get("hol_light_p99_ms_shared"))
+    out.append(
+        Target(
+            "light p99 beside heavy lanes, lanes bound to workers vs one shared pool",
+            f"{ratio}x",
+            "<= 2x",
+            None if ratio is None else ratio <= 2,
+        )
+    )
     for count, growth in (r.get("worker_rss_growth_mb_by_backlog") or {}).items():
         out.append(
             Target(
@@ -235,6 +244,22 @@ def markdown(r: dict[str, Any], plots: list[str] | None = None) -> str:
                 " B",
             )
         )
+    rows += [
+        (
+            "Light lanes' p99 beside heavy ones, one shared pool (1 x 8 slots)",
+            "hol_light_p99_ms_shared",
+            r.get("hol_light_p99_ms_shared"),
+            None,
+            "ms",
+        ),
+        (
+            "Light lanes' p99 beside heavy ones, bound to workers (2 x 4 slots)",
+            "hol_light_p99_ms_bound",
+            r.get("hol_light_p99_ms_bound"),
+            r.get("hol_light_p99_ms_shared"),
+            "ms",
+        ),
+    ]
     rows.append(("Cold start: worker start → first result", "cold_start_s", r.get("cold_start_s"), None, "s"))
     stored = d.get("growth", {}).get("records")
     rows += [

@@ -225,7 +225,7 @@ class RequestRunner:
         future.add_done_callback(lambda _: self._waiting.wake())
         self._waiting.wait(self._settings.request_timeout_seconds, future.done)
         if future.done():
-            return _settle(future)
+            return _settle(future, record)
         self._interrupt(future, thread_ident)
         return False, f"timed out after {self._settings.request_timeout_seconds:g}s"
 
@@ -246,15 +246,19 @@ class RequestRunner:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lanes-handler")
 
 
-def _settle(future: Future[Any]) -> tuple[bool, Any]:
+def _settle(future: Future[Any], record: dict[str, Any]) -> tuple[bool, Any]:
     try:
         value = future.result()
     except ActionFailed as error:
-        return False, str(error)
+        return False, str(error)  # meant for the client
     except AttemptTimedOut:
         return False, "timed out"
-    except Exception as error:  # noqa: BLE001 - a user's handler may raise anything
-        return False, f"{type(error).__name__}: {error}"
+    except Exception:  # a user's handler may raise anything
+        # Its text may hold what the client must not see (paths, queries, other users'
+        # data): the client gets a generic error, the log the traceback, the same id in both.
+        reference = record.get("correlation_id") or record["_id"]
+        log.exception("the handler raised", extra=_fields(record, "attempt_failed", record.get("attempts", 0)))
+        return False, f"the action failed unexpectedly (reference {reference})"
     try:
         json.dumps(value)
     except (TypeError, ValueError):

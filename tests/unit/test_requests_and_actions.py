@@ -1,3 +1,5 @@
+import logging
+from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -5,6 +7,7 @@ import pytest
 from lanes.actions import ActionContext, ActionFailed, build_registry, echo, fail, sleep
 from lanes.db import iso
 from lanes.errors import ConfigError
+from lanes.lifecycle import _settle
 from lanes.requests import _derive, body_fingerprint, new_request_id, public_view
 from lanes.settings import Settings
 
@@ -94,3 +97,18 @@ def test_a_request_never_shows_started_before_created_or_finished_before_started
     # Then its times are in order
     assert derived["created_at"] <= derived["started_at"] <= derived["finished_at"]
     assert derived["started_at"] == created
+
+
+def test_an_unexpected_handler_error_reaches_the_client_as_a_generic_message_with_a_reference(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a handler that raises with text the client must not see
+    failed: Future[object] = Future()
+    failed.set_exception(RuntimeError("password=hunter2 at /srv/secret.db"))
+    record = {"_id": "r1", "user_id": "u", "action": "a", "attempts": 1, "correlation_id": "corr-7"}
+    # When its attempt settles
+    with caplog.at_level(logging.ERROR, logger="lanes.worker"):
+        ok, error = _settle(failed, record)
+    # Then the client's error names the reference, not the text; the log has both
+    assert not ok and error == "the action failed unexpectedly (reference corr-7)"
+    assert "hunter2" in caplog.text and caplog.records[0].correlation_id == "corr-7"

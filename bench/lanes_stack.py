@@ -47,10 +47,13 @@ def lanes_env(vhost: str, database: str, data_dir: Path) -> dict[str, str]:
         "LANE_DEPTH_LIMIT": "5000",
         # One JSON line per request is not what is measured; warnings still show.
         "LOG_LEVEL": "WARNING",
-        # The users are registered from one address and the fairness scenario queues 2,000
-        # requests of one user at once: the per-address and per-user limits would refuse them.
+        # The users are registered and logged in from one address, the fairness scenario
+        # queues 2,000 requests of one user at once, and results are polled without pause:
+        # the per-address and per-user limits would refuse them.
         "REGISTER_PER_MINUTE": "0",
+        "LOGIN_PER_ADDRESS_PER_MINUTE": "0",
         "ENQUEUE_RATE_PER_SECOND": "0",
+        "STATUS_RATE_PER_SECOND": "0",
         "PYTHONUNBUFFERED": "1",
     }
 

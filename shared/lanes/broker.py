@@ -406,7 +406,8 @@ class PartitionSession:
                 self._signals.queue_declare(name, arguments={"x-queue-type": "classic"})
         self._shown: dict[str, str] = {}  # signal queue -> consumer tag
         self._overflow: tuple[BlockingChannel, int] | None = None
-        self._overflow_bound: set[str] = set()
+        self._overflow_bound: set[str] = set()  # declared and bound by this session (spill)
+        self._overflow_known: set[str] = set()  # declared by this session (fetch)
         self._spill_channel: BlockingChannel | None = None
 
     @property
@@ -498,6 +499,7 @@ class PartitionSession:
                 with self.control._translated():
                     self.control.raw.queue_bind(queue_name, exchange, routing_key=lane)
                 self._overflow_bound.add(queue_name)
+                self._overflow_known.add(queue_name)
         with self.control._translated():
             if self._spill_channel is None or not self._spill_channel.is_open:
                 self._spill_channel = self._connection.channel()
@@ -512,8 +514,12 @@ class PartitionSession:
     def fetch(self, lane: str, partition: int) -> PartitionDelivery | None:
         """The next request in the lane's overflow queue, unacknowledged; None when it is empty."""
         queue_name = self._names.overflow(lane)
-        # Declared, not asked: a 404 would close the channel and give back what it holds.
-        self.control.declare(queue_name, overflow_arguments(self._settings))
+        if queue_name not in self._overflow_known:
+            # Declared, not asked: a 404 would close the channel and give back what it holds.
+            # Once known it stays (only this holder deletes it), so a deep lane's later
+            # requests cost one round trip each, not two.
+            self.control.declare(queue_name, overflow_arguments(self._settings))
+            self._overflow_known.add(queue_name)
         with self.control._translated():
             if self._overflow is None or not self._overflow[0].is_open:
                 self._overflow = (self._connection.channel(), next(_GENERATIONS))
@@ -545,6 +551,7 @@ class PartitionSession:
         except ArgumentsDiffer:  # 406: not empty
             return False
         self._overflow_bound.discard(queue_name)
+        self._overflow_known.discard(queue_name)
         return True
 
     def announce_settled(self, body: bytes) -> None:

@@ -26,14 +26,14 @@ DEPTH = 60
 def deep_stack(
     request: pytest.FixtureRequest, running_services: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    """Two partitions delivering 8 messages ahead each, lanes keeping 3 of them; classic and
+    """Two partitions delivering 16 messages ahead each, lanes keeping 3 of them; classic and
     quorum queues (a quorum overflow queue takes no single active consumer and no if-empty)."""
     with isolated_stack(
         tmp_path_factory.mktemp("deep"),
         ["--workers", "0"],
         QUEUE_TYPE=request.param,
         LANE_PARTITIONS=str(PARTITIONS),
-        WORKER_HELD_REQUESTS="16",
+        WORKER_HELD_REQUESTS="32",
         LANE_WINDOW="3",
         WORKER_SLOTS="2",
     ) as stack:
@@ -76,7 +76,7 @@ def test_a_newcomer_behind_a_deep_lane_runs_at_once_and_the_deep_lane_keeps_its_
     finally:
         workers.stop_all()
     # Then the newcomer did not wait for the backlog ahead of it in the partition (a window
-    # of 8 would have shown it only after 52 of the deep lane's requests)
+    # of 16 would have shown it only after 44 of the deep lane's requests)
     assert first["status"] == "done"
     assert first["finished_at"] < _started(deep_records[10])
     # and the deep lane ran every request once, in order
@@ -114,3 +114,30 @@ def test_a_deep_lane_keeps_its_order_when_its_worker_is_killed_mid_spill(deep_st
     outcomes = deep_stack.database.outcomes.count_documents({"_id": {"$in": deep_ids + later_ids}})
     assert outcomes == DEPTH + 5
     assert _overflow_queues(deep_stack) == []
+
+
+def test_a_newcomer_behind_many_lanes_each_within_its_window_is_not_held_up(deep_stack: Stack) -> None:
+    # Given eight lanes of four slow requests in one partition (each within its window of 3
+    # and a running one, together twice the partition's window of 16), then a newcomer there
+    users = [deep_stack.api.new_user("crowd")]
+    partition = partition_of(_user_id(users[0]), PARTITIONS)
+    while len(users) < 9:
+        user = deep_stack.api.new_user("crowd")
+        if partition_of(_user_id(user), PARTITIONS) == partition:
+            users.append(user)
+    *crowd, newcomer = users
+    lanes = [[user.enqueue("sleep", {"ms": 500, "n": n}) for n in range(4)] for user in crowd]
+    newcomer_id = newcomer.enqueue("echo", {"hello": True})
+    workers = Workers(deep_stack.env)
+    try:
+        # When one worker of two slots serves them
+        workers.start(1)
+        first = newcomer.wait_terminal([newcomer_id], timeout=30)[0]
+        records = [user.wait_terminal(ids, timeout=60) for user, ids in zip(crowd, lanes, strict=True)]
+    finally:
+        workers.stop_all()
+    # Then the newcomer took its turn in the first rounds, before any lane's third request
+    # (held back until the crowd drained, it would come after 16 of their requests)
+    third_starts = sorted(_started(lane[2]) for lane in records)
+    assert first["finished_at"] < third_starts[0]
+    assert all(ordering_violations(lane) == [] for lane in records)

@@ -118,3 +118,13 @@ def test_letting_a_partition_go_forgets_its_deep_lanes_here_only() -> None:
     lanes.let_go(2)
     assert not lanes.is_deep("u") and lanes.next_to_feed(lambda _lane, _partition: True) is None
     assert registry.lanes == {"u": (2, "r3")}
+
+
+def test_a_crowded_partition_spills_a_lane_that_has_a_request_held_already() -> None:
+    # Many lanes each within their own window can fill the partition's between them
+    registry = Registry()
+    lanes = overflow(registry)
+    assert not lanes.spills("u", 0, "r1", held=[], crowded=True)  # a lane's head is always kept
+    assert lanes.spills("u", 0, "r2", held=["r1"], crowded=True)
+    assert registry.lanes == {"u": (0, "r1")}
+    assert not lanes.spills("v", 0, "v2", held=["v1"], crowded=False)

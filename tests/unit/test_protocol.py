@@ -173,3 +173,17 @@ def test_bad_settle_notices_are_ignored() -> None:
 def test_a_lane_always_hashes_to_the_same_partition() -> None:
     assert partition_of("user-1", 16) == partition_of("user-1", 16)
     assert {partition_of(f"user-{i}", 16) for i in range(1000)} == set(range(16))
+
+
+def test_the_scheduler_counts_each_partitions_waiting_requests() -> None:
+    scheduler = LaneScheduler()
+    for request in ("a1", "a2", "b1"):
+        scheduler.add(turn(request[0], request, partition=4))
+    scheduler.add(turn("c", "c1", partition=5))
+    assert (scheduler.waiting_in(4), scheduler.waiting_in(5), scheduler.waiting_in(6)) == (3, 1, 0)
+    started = scheduler.next()
+    assert started is not None and scheduler.waiting_in(started.delivery.partition) == (2 if started.lane != "c" else 0)
+    scheduler.put_back(started)
+    assert scheduler.waiting_in(4) + scheduler.waiting_in(5) == 4
+    scheduler.drop(lambda delivery: delivery.partition == 4)
+    assert scheduler.waiting_in(4) == 0

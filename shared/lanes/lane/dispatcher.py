@@ -55,6 +55,7 @@ class Dispatcher:
         self._settings = settings
         self._take_partition = take_partition
         self._overflow = overflow
+        self._crowded_at = max(1, settings.partition_prefetch - settings.lane_window)
         self.lease = BrokerLease()
         self._epochs: dict[int, int] = {}
         self._report_lanes = report_lanes
@@ -183,7 +184,9 @@ class Dispatcher:
             if message is None:
                 continue
             held = self._scheduler.waiting_ids(message.user_id, delivery.partition)
-            if self._overflow.spills(message.user_id, delivery.partition, message.request_id, held):
+            # Room is kept in the partition's window for what lies behind (lanes.lane.overflow).
+            crowded = self._scheduler.waiting_in(delivery.partition) >= self._crowded_at
+            if self._overflow.spills(message.user_id, delivery.partition, message.request_id, held, crowded):
                 spilled.append((message.user_id, delivery))
                 continue
             self._scheduler.add(Turn(message.user_id, delivery, message, self._epochs.get(delivery.partition, 0)))

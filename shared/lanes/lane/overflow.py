@@ -92,12 +92,15 @@ class Overflow:
         self._hungry.clear()
         self.fed = 0
 
-    def spills(self, lane: str, partition: int, request_id: str, held: list[str]) -> bool:
+    def spills(self, lane: str, partition: int, request_id: str, held: list[str], crowded: bool = False) -> bool:
         """Whether a partition message of the lane goes to its overflow queue. `held`: the
-        lane's requests in memory, oldest first. Marks the lane deep when its window is full."""
+        lane's requests in memory, oldest first. Marks the lane deep when its window is full,
+        or when the partition's window is `crowded` and the lane has a request held already:
+        many lanes each within their own window could fill the partition's between them, and
+        then nothing behind them (a newcomer) would be delivered until they drained."""
         deep = self._deep.get(lane)
         if deep is None:
-            if len(held) < self._window:
+            if len(held) < self._window and not (crowded and held):
                 return False
             try:
                 self._registry.mark(lane, partition, held[-1])

@@ -24,10 +24,11 @@ class Turn:
 class _Partition:
     """The lanes of one partition with requests waiting here, and their places in the round."""
 
-    __slots__ = ("fed", "lanes", "number", "tickets")
+    __slots__ = ("fed", "lanes", "number", "tickets", "waiting")
 
     def __init__(self, number: int) -> None:
         self.number = number
+        self.waiting = 0  # requests waiting in its lanes
         self.lanes: dict[str, deque[Turn]] = {}
         self.tickets: dict[str, int] = {}  # a lane's valid place in the round
         self.fed: list[Turn] = []  # waiting turns fetched from overflow queues
@@ -56,6 +57,7 @@ class LaneScheduler:
             if turn.lane not in self.running:
                 self._enter_round(partition, turn.lane)
         lane.append(turn)
+        partition.waiting += 1
         if turn.delivery.overflow:
             partition.fed.append(turn)
 
@@ -71,6 +73,7 @@ class LaneScheduler:
             del partition.tickets[name]
             lane = partition.lanes[name]
             turn = lane.popleft()
+            partition.waiting -= 1
             if not lane:
                 del partition.lanes[name]
             if turn.delivery.overflow:
@@ -92,6 +95,7 @@ class LaneScheduler:
         number = turn.delivery.partition
         partition = self._partitions.get(number) or self._partitions.setdefault(number, _Partition(number))
         partition.lanes.setdefault(turn.lane, deque()).appendleft(turn)
+        partition.waiting += 1
         if turn.delivery.overflow:
             partition.fed.append(turn)
         self.running[turn.lane] = number
@@ -112,6 +116,7 @@ class LaneScheduler:
                 if not gone:
                     continue
                 dropped.extend(gone)
+                partition.waiting -= len(gone)
                 partition.fed = [turn for turn in partition.fed if turn not in gone]
                 kept = deque(turn for turn in lane if not lost(turn.delivery))
                 if kept:
@@ -127,6 +132,11 @@ class LaneScheduler:
 
     def running_in(self, number: int) -> bool:
         return number in self.running.values()
+
+    def waiting_in(self, number: int) -> int:
+        """Requests of the partition waiting here (not running)."""
+        partition = self._partitions.get(number)
+        return partition.waiting if partition is not None else 0
 
     def waiting_ids(self, name: str, number: int) -> list[str]:
         """The lane's requests waiting here, oldest first."""

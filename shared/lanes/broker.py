@@ -605,39 +605,6 @@ class PartitionSession:
         _close_quietly(self._connection)
 
 
-class SettledFeed:
-    """The enqueue side of the settled feed: a private queue bound to the fanout, read in a
-    background thread (a greenlet under gevent) that hands each body to `on_body`."""
-
-    def __init__(self, settings: Settings, names: QueueNames, on_body: Callable[[bytes], None]) -> None:
-        self._settings = settings
-        self._names = names
-        self._on_body = on_body
-
-    def run(self) -> None:
-        """For the life of the process."""
-        failures = 0
-        while True:
-            try:
-                self._listen()
-            except Exception:  # noqa: BLE001 - any failure: reconnect after a pause
-                failures += 1
-                time.sleep(retry_delay(failures))
-
-    def _listen(self) -> None:
-        connection = open_connection(self._settings)
-        try:
-            channel = connection.channel()
-            channel.exchange_declare(self._names.settled, "fanout", durable=True)
-            queue_name = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
-            channel.queue_bind(queue_name, self._names.settled)
-            channel.basic_consume(queue_name, lambda _c, _m, _p, body: self._on_body(body), auto_ack=True)
-            while True:
-                connection.process_data_events(time_limit=1.0)
-        finally:
-            _close_quietly(connection)
-
-
 class Leadership:
     """Leader election by exclusive consumer: of all the processes that try, the broker lets
     one consume `queue_name`, and hands it to the next one when that connection dies."""
@@ -682,18 +649,20 @@ class Hints:
         exchange: str,
         on_body: Callable[[bytes], None] = lambda _body: None,
         on_connected: Callable[[], None] = _nothing,
+        durable: bool = False,
     ) -> None:
         self._settings = settings
         self._exchange = exchange
         self._on_body = on_body
         self._on_connected = on_connected
+        self._durable = durable  # as every process that declares the exchange has it
 
     def publish(self, body: bytes) -> None:
         """Publish once, on a connection of its own (hints are rare); BrokerError on failure."""
         connection = open_connection(self._settings)
         try:
             channel = connection.channel()
-            channel.exchange_declare(self._exchange, "fanout", durable=False)
+            channel.exchange_declare(self._exchange, "fanout", durable=self._durable)
             channel.basic_publish(self._exchange, "", body, _TRANSIENT)
         except (pika.exceptions.AMQPError, OSError) as error:
             raise BrokerError(f"cannot publish on {self._exchange}: {error!r}") from None
@@ -714,7 +683,7 @@ class Hints:
         connection = open_connection(self._settings)
         try:
             channel = connection.channel()
-            channel.exchange_declare(self._exchange, "fanout", durable=False)
+            channel.exchange_declare(self._exchange, "fanout", durable=self._durable)
             queue_name = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
             channel.queue_bind(queue_name, self._exchange)
             channel.basic_consume(queue_name, lambda _c, _m, _p, body: self._on_body(body), auto_ack=True)

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from lanes.broker import ChannelPool, QueueMissing, QueueNames, Refused, SettledFeed, partition_arguments
+from lanes.broker import ChannelPool, Hints, QueueMissing, QueueNames, Refused, partition_arguments
 from lanes.errors import BrokerError, DatabaseError
 from lanes.lane.messages import LaneMessage, partition_of
 from lanes.settings import Settings
@@ -137,6 +137,7 @@ def partition_publisher(settings: Settings, pool: ChannelPool, requests: Request
             return False  # cannot tell: the lane stays as full as it looks
 
     ledger = LaneLedger(settings.lane_depth_limit, settled)
-    feed = SettledFeed(settings, QueueNames.of(settings), ledger.on_settled_body)
+    # The settled feed: a hint, as the ledger checks before it refuses (workers declare it durable).
+    feed = Hints(settings, QueueNames.of(settings).settled, ledger.on_settled_body, durable=True)
     threading.Thread(target=feed.run, name="lanes-settled-feed", daemon=True).start()
     return PartitionPublisher(settings, pool, ledger)

@@ -35,7 +35,8 @@ def _channel(vhost: str) -> tuple[pika.BlockingConnection, Any]:
 
 
 def _hold(channel: Any, exclusive: bool) -> list[tuple[int, bytes]]:
-    """Consume the partition as a worker does (no prefetch limit); deliveries land in the list."""
+    """Consume the partition with no prefetch limit (every message at once, the hardest case for
+    the hand-over order); deliveries land in the list."""
     deliveries: list[tuple[int, bytes]] = []
     channel.basic_qos(prefetch_count=0)
     channel.basic_consume(

@@ -109,6 +109,7 @@ class Reading:
     joined: int = 0
     busy: int = 0
     waiting: int = 0
+    spare: int = 0  # with a free slot and no lane waiting: it takes partitions passed on
 
     @property
     def work(self) -> tuple[int, ...]:
@@ -131,7 +132,7 @@ class PartitionQueues:
         self._settings = settings
         names = QueueNames.of(settings)
         self._names = [names.partition(index) for index in range(settings.lane_partitions)]
-        self._signals = (names.workers, names.busy_workers, names.waiting_workers)
+        self._signals = (names.workers, names.busy_workers, names.waiting_workers, names.spare_workers)
         self._pattern = lane_queue_pattern(settings.queue_prefix)
         self._management_url = management_url
         self._management_every = management_every
@@ -145,13 +146,13 @@ class PartitionQueues:
     def read(self) -> Reading:
         """The current counts; BrokerError when RabbitMQ cannot be asked."""
         ready = self._ready_counts()
-        joined, busy, waiting = self._worker_counts()
+        joined, busy, waiting, spare = self._worker_counts()
         if time.monotonic() - self._messages_at >= self._management_every:
             self._messages = self._management_counts()
             self._messages_at = time.monotonic()
-        return Reading(ready=ready, messages=self._messages, joined=joined, busy=busy, waiting=waiting)
+        return Reading(ready=ready, messages=self._messages, joined=joined, busy=busy, waiting=waiting, spare=spare)
 
-    def _worker_counts(self) -> tuple[int, int, int]:
+    def _worker_counts(self) -> tuple[int, int, int, int]:
         assert self._channel is not None  # _ready_counts opened it
         counts = []
         for name in self._signals:
@@ -162,7 +163,7 @@ class PartitionQueues:
             except BrokerError:
                 self.close()
                 raise
-        return counts[0], counts[1], counts[2]
+        return counts[0], counts[1], counts[2], counts[3]
 
     def close(self) -> None:
         if self._connection is not None and self._connection.is_open:
@@ -278,11 +279,12 @@ class Autoscaler:
             return
         current, wanted = len(self.workers), self.policy.desired(reading.total, reading.busy_partitions)
         # What the workers say of themselves is fresh where the management API lags: never
-        # stop a worker that holds work, and add one while lanes wait for a slot in one,
+        # stop a worker that holds work, and add one while lanes wait for a slot in one and
+        # no worker has a slot to spare (a spare one takes the partitions passed on to it),
         # once every worker started has joined (it takes its share of partitions then).
         wanted = max(wanted, min(reading.busy, self.policy.max_workers))
         settling = self.now() - self._grown_at < GROWTH_SETTLE_SECONDS
-        if reading.waiting and reading.joined >= current and not settling:
+        if reading.waiting and not reading.spare and reading.joined >= current and not settling:
             wanted = max(wanted, min(current + 1, self.policy.max_workers))
         if wanted > current and self.now() < self._paused_until:
             return  # a worker just crashed: no tight loop of doomed starts

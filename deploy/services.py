@@ -283,7 +283,7 @@ def function_permissions(prefix: str) -> dict[str, tuple[str, str, str]]:
     partitions = rf"{p}\.partition\.[0-9]+"
     settled = rf"{p}\.settled"
     feed = r"amq\.gen-.*"
-    roster = rf"{p}\.workers(\.busy|\.waiting)?|{p}\.sweeper"
+    roster = rf"{p}\.workers(\.busy|\.waiting|\.spare|\.hungry)?|{p}\.sweeper"
     # Deep lanes (lanes.lane.overflow): the exchange a worker spills into, and the queues.
     overflow = rf"{p}\.overflow|{p}\.overflow\..+"
     revoked = rf"{p}\.revocations"

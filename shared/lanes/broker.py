@@ -107,6 +107,21 @@ class QueueNames:
         return f"{self.prefix}.workers.waiting"
 
     @property
+    def spare_workers(self) -> str:
+        """Consumed by each worker process with a free slot and no lane waiting for one."""
+        return f"{self.prefix}.workers.spare"
+
+    @property
+    def hungry_workers(self) -> str:
+        """Consumed by each worker process with a free slot that holds less than its share."""
+        return f"{self.prefix}.workers.hungry"
+
+    @property
+    def worker_states(self) -> tuple[str, ...]:
+        """The queues a worker process shows its state on, as a consumer of each that holds."""
+        return (self.busy_workers, self.waiting_workers, self.spare_workers, self.hungry_workers)
+
+    @property
     def settled(self) -> str:
         """Fanout exchange: the request ids workers settled, for the enqueue processes' ledgers."""
         return f"{self.prefix}.settled"
@@ -401,7 +416,7 @@ class PartitionSession:
             roster.queue_declare(names.workers, auto_delete=True, arguments={"x-queue-type": "classic"})
             roster.basic_consume(names.workers, lambda *_: None)
             self._signals = self._connection.channel()
-            for name in (names.busy_workers, names.waiting_workers):
+            for name in names.worker_states:
                 # Kept (not auto-deleted) so that showing a state never creates a queue.
                 self._signals.queue_declare(name, arguments={"x-queue-type": "classic"})
         self._shown: dict[str, str] = {}  # signal queue -> consumer tag
@@ -559,16 +574,28 @@ class PartitionSession:
         with self.control._translated():
             self._feed.basic_publish(self._names.settled, "", body, _TRANSIENT)
 
-    def show(self, busy: bool, waiting: bool) -> None:
-        """Let the autoscaler see this process's state at once, over AMQP, as a consumer of
-        the busy and waiting queues: the work a worker holds is unacknowledged, which the
-        broker's counts show only through the management API, seconds late."""
+    def show(self, busy: bool, waiting: bool, spare: bool = False, hungry: bool = False) -> None:
+        """Let the autoscaler and the other workers see this process's state at once, over
+        AMQP, as a consumer of each state's queue: the work a worker holds is
+        unacknowledged, which the broker's counts show only through the management API,
+        seconds late."""
+        names = self._names
+        wanted = {
+            names.busy_workers: busy,
+            names.waiting_workers: waiting,
+            names.spare_workers: spare,
+            names.hungry_workers: hungry,
+        }
         with self.control._translated():
-            for name, wanted in ((self._names.busy_workers, busy), (self._names.waiting_workers, waiting)):
-                if wanted and name not in self._shown:
+            for name, shown in wanted.items():
+                if shown and name not in self._shown:
                     self._shown[name] = self._signals.basic_consume(name, lambda *_: None)
-                elif not wanted and name in self._shown:
+                elif not shown and name in self._shown:
                     self._signals.basic_cancel(self._shown.pop(name))
+
+    def others_showing(self, state: str) -> int:
+        """How many other worker processes show `state` (one of QueueNames.worker_states)."""
+        return self.control.counts(state).consumers - (state in self._shown)
 
     def _on_message(self, index: int, generation: int, _channel: Any, method: Any, props: Any, body: bytes) -> None:
         delivery = PartitionDelivery(index, generation, method.delivery_tag, body, props.headers, props.timestamp)

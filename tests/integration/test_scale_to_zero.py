@@ -108,7 +108,7 @@ def test_after_everyone_finished_no_per_user_queue_and_no_open_request_remain(st
     # sweeper's election, what the broker would not deliver again, and each enqueue
     # process's private settled feed (named by the broker, gone with it). No deep lane's
     # overflow queue outlives its backlog.
-    workers = {f"{prefix}.workers", f"{prefix}.workers.busy", f"{prefix}.workers.waiting"}
+    workers = {f"{prefix}.workers"} | {f"{prefix}.workers.{state}" for state in ("busy", "waiting", "spare", "hungry")}
     shared = partitions | workers | {f"{prefix}.sweeper", f"{prefix}.undeliverable"}
 
     # Then the broker holds no queue of a user, the partitions are empty (their stats lag

@@ -145,9 +145,27 @@ def test_lanes_waiting_for_a_slot_add_one_worker_at_a_time() -> None:
         assert autoscaler.running == running, t
 
 
-def held(busy: int = 0, waiting: int = 0, joined: int = 1) -> Reading:
+def test_lanes_waiting_beside_a_spare_worker_add_none() -> None:
+    # Given two workers, lanes waiting in one while the other has a slot to spare
+    readings = [held(busy=2, waiting=1, joined=2, spare=1)] * 2 + [held(busy=2, waiting=1, joined=2)]
+    autoscaler, clock = scaler(readings)
+    autoscaler.workers.extend([FakeProcess(), FakeProcess()])  # type: ignore[list-item]
+    # When the lanes still wait long after the last growth
+    clock.t = 10
+    autoscaler.step()
+    clock.t = 11
+    autoscaler.step()
+    # Then the spare worker is left to take the partitions passed on to it
+    assert autoscaler.running == 2
+    # And once no worker has a slot to spare while lanes wait, one more starts
+    clock.t = 12
+    autoscaler.step()
+    assert autoscaler.running == 3
+
+
+def held(busy: int = 0, waiting: int = 0, joined: int = 1, spare: int = 0) -> Reading:
     """Work that workers hold (unacknowledged, not yet in the management API's figures)."""
-    return Reading(ready=(0, 0, 0, 0), messages=(0, 0, 0, 0), joined=joined, busy=busy, waiting=waiting)
+    return Reading(ready=(0, 0, 0, 0), messages=(0, 0, 0, 0), joined=joined, busy=busy, waiting=waiting, spare=spare)
 
 
 def test_one_deep_lane_gets_one_worker() -> None:
@@ -251,7 +269,12 @@ class FakeBroker:
         self.ready = ready
         self.missing: list[str] = []
         # The worker signal queues: consumers are worker processes.
-        self.consumers = {"lanes.workers": 0, "lanes.workers.busy": 0, "lanes.workers.waiting": 0}
+        self.consumers = {
+            "lanes.workers": 0,
+            "lanes.workers.busy": 0,
+            "lanes.workers.waiting": 0,
+            "lanes.workers.spare": 0,
+        }
 
     def counts(self, name: str) -> Counts:
         if name in self.consumers:

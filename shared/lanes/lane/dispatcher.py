@@ -27,6 +27,9 @@ log = logging.getLogger("lanes.lane")
 BALANCE_SECONDS = 1.0
 # How long an idle slot waits for a turn before it looks whether the worker stops.
 IDLE_SECONDS = 0.5
+# A partition passed on to a spare process is not taken back by the one that passed it
+# for this long, and a spare process looks for it while lanes waited this long ago.
+PASSED_ON_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class Dispatcher:
         self._handed_back: set[str] = set()
         self._waiting_shown = False
         self._balanced_at = float("-inf")
+        self._passed_on: dict[int, float] = {}  # partition -> when this process passed it on
+        self._waiting_elsewhere_at = float("-inf")
         self._notices = SettledNotices()
         self.turns: deque[Turn] = deque()  # handed to slots, taken by `take_turn`
         self._turns_ready = threading.Condition()
@@ -282,7 +287,16 @@ class Dispatcher:
     # -- holding partitions ---------------------------------------------------------------
 
     def _balance(self) -> None:
-        """Hold a fair share of the partitions: take free ones up to it, let extra ones go."""
+        """Hold a fair share of the partitions, and pass work on to where slots are free.
+
+        Each process takes free partitions up to its share, ceil(partitions / processes),
+        and lets the extra ones go while another process is *hungry* (a free slot, less
+        than its share), keeping its busiest. Beyond shares, lanes must not wait for a
+        slot in one process while another has slots free: a process whose slots are all
+        busy and whose lanes wait passes on one partition a balance in which nothing runs
+        (so it goes at once, its messages back at their partition's head in order) while
+        another shows *spare* (free slots, no lane waiting); a spare process takes free
+        partitions beyond its share while lanes wait elsewhere (docs/design.md §4.5)."""
         now = time.monotonic()
         if now - self._balanced_at < BALANCE_SECONDS:
             return
@@ -290,22 +304,54 @@ class Dispatcher:
         seen = self._scheduler.summary()
         self._report_lanes(seen)
         self._waiting_shown = seen.lanes_waiting > 0
-        self._session.show(busy=seen.lanes_with_work > 0, waiting=self._waiting_shown)
-        count = self._settings.lane_partitions
-        share = math.ceil(count / self._session.workers())
+        share = math.ceil(self._settings.lane_partitions / self._session.workers())
         held = [p for p in self._session.held if p not in self._draining]
+        spare = self._idle > 0 and not self._waiting_shown
+        hungry = self._idle > 0 and len(held) < share
+        self._session.show(busy=seen.lanes_with_work > 0, waiting=self._waiting_shown, spare=spare, hungry=hungry)
+        if self._session.others_showing(self._names.waiting_workers):
+            self._waiting_elsewhere_at = now
         if len(held) < share:
-            start = random.randrange(count)
-            for index in [(start + i) % count for i in range(count)]:
-                if len(held) >= share:
-                    break
-                if index not in self._session.held and self._take(index):
-                    held.append(index)
-        elif len(held) > share:
-            for index in held[share:]:
-                self._draining.add(index)
-                if not self._running_in(index):
-                    self._let_go(index)
+            self._take_free(share - len(held), held)
+        elif spare and now - self._waiting_elsewhere_at < PASSED_ON_SECONDS:
+            self._take_free(1, held)
+        if len(held) > share and self._session.others_showing(self._names.hungry_workers):
+            self._let_go_extra(held, share)
+        elif self._waiting_shown and self._idle == 0 and self._session.others_showing(self._names.spare_workers):
+            self._pass_on(held)
+
+    def _take_free(self, wanted: int, held: list[int]) -> None:
+        """Take up to `wanted` free partitions, not one this process passed on just now."""
+        count = self._settings.lane_partitions
+        now = time.monotonic()
+        start = random.randrange(count)
+        taken = 0
+        for index in [(start + i) % count for i in range(count)]:
+            if taken >= wanted:
+                return
+            if now - self._passed_on.get(index, float("-inf")) < PASSED_ON_SECONDS:
+                continue
+            if index not in self._session.held and self._take(index):
+                held.append(index)
+                taken += 1
+
+    def _let_go_extra(self, held: list[int], share: int) -> None:
+        """Keep the `share` busiest partitions; an idle one goes at once, a busy one drains."""
+        busiest = sorted(held, key=lambda p: (self._running_in(p), self._scheduler.waiting_in(p)), reverse=True)
+        for index in busiest[share:]:
+            held.remove(index)
+            self._draining.add(index)
+            if not self._running_in(index):
+                self._let_go(index)
+
+    def _pass_on(self, held: list[int]) -> None:
+        """Let go of the partition with the most requests waiting and none running, if any."""
+        movable = [p for p in held if not self._running_in(p) and self._scheduler.waiting_in(p)]
+        if movable:
+            index = max(movable, key=self._scheduler.waiting_in)
+            held.remove(index)
+            self._passed_on[index] = time.monotonic()
+            self._let_go(index)
 
     def _take(self, partition: int) -> bool:
         """Take a free partition under a new holder epoch, drawn before consuming so that

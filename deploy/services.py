@@ -18,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -225,6 +226,40 @@ class RabbitMQ:
         }
 
 
+def start_cluster(home: Path, ports: list[int]) -> list[RabbitMQ]:
+    """A RabbitMQ cluster on this machine: a node per port (AMQP there, management on the
+    next port), each with its own data folder and node name, all sharing the Erlang
+    cookie in $HOME and the first node's broker user. Stopped with `stop_cluster`."""
+    nodes = [RabbitMQ(home / f"node{index}", port=port, management_port=port + 1) for index, port in enumerate(ports)]
+    try:
+        nodes[0].start()
+        for node in nodes[1:]:
+            # One broker user for the cluster: the seed's, whose password every node keeps.
+            (node.home / "rabbitmq").mkdir(parents=True, exist_ok=True)
+            shutil.copy(nodes[0].home / "rabbitmq" / "credentials.json", node.home / "rabbitmq" / "credentials.json")
+            node.start()
+            node.join(nodes[0])
+
+        def all_running() -> bool:
+            try:
+                running = nodes[0].management("GET", "/api/nodes?columns=name,running")
+            except (OSError, ValueError):
+                return False
+            return sum(1 for node in running if node.get("running")) == len(nodes)
+
+        _wait(all_running, f"{len(nodes)} running nodes", 60, nodes[0].home)
+    except BaseException:
+        stop_cluster(nodes)
+        raise
+    return nodes
+
+
+def stop_cluster(nodes: list[RabbitMQ]) -> None:
+    for node in nodes:
+        node.stop()
+        node.kill()
+
+
 @dataclass(frozen=True)
 class FerretDB:
     """One FerretDB (our launcher, SQLite storage) with its data under `home`."""
@@ -282,6 +317,7 @@ def function_permissions(prefix: str) -> dict[str, tuple[str, str, str]]:
     p = re.escape(prefix)
     partitions = rf"{p}\.partition\.[0-9]+"
     settled = rf"{p}\.settled"
+    ledgers = rf"{p}\.ledgers"
     feed = r"amq\.gen-.*"
     roster = rf"{p}\.workers(\.busy|\.waiting|\.spare|\.hungry)?|{p}\.sweeper"
     # Deep lanes (lanes.lane.overflow): the exchange a worker spills into, and the queues.
@@ -290,19 +326,20 @@ def function_permissions(prefix: str) -> dict[str, tuple[str, str, str]]:
     return {
         # Publish revocations, and follow those published by others (an operator's).
         "login": (f"^({revoked}|{feed})$", f"^({revoked}|{feed})$", f"^({revoked}|{feed})$"),
-        # Declare the partitions and publish into them; follow the settled notices and the
-        # revocations.
+        # Declare the partitions and publish into them; follow the settled notices sent to
+        # its ledger, and the revocations.
         "enqueue": (
-            f"^({partitions}|{settled}|{revoked}|{feed})$",
+            f"^({partitions}|{ledgers}|{revoked}|{feed})$",
             rf"^(amq\.default|{feed})$",
-            f"^({settled}|{revoked}|{feed})$",
+            f"^({ledgers}|{revoked}|{feed})$",
         ),
-        # Hold and consume the partitions, publish settled notices, join the roster and
+        # Hold and consume the partitions, publish settled notices (to the ledger that
+        # counts each request, or to all for a message that names none), join the roster and
         # the sweeper election, spill deep lanes into their overflow queues and fetch them
         # back; never publish into a partition.
         "worker": (
-            f"^({partitions}|{settled}|{roster}|{overflow})$",
-            f"^({settled}|{overflow})$",
+            f"^({partitions}|{settled}|{ledgers}|{roster}|{overflow})$",
+            f"^({settled}|{ledgers}|{overflow})$",
             f"^({partitions}|{roster}|{overflow})$",
         ),
         # Read-only: the management API's figures (tag `monitoring`), the sweeper election,

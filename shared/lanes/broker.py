@@ -123,8 +123,15 @@ class QueueNames:
 
     @property
     def settled(self) -> str:
-        """Fanout exchange: the request ids workers settled, for the enqueue processes' ledgers."""
+        """Fanout exchange: the request ids workers settled whose message names no ledger
+        (published by an enqueue process of an earlier version), for every ledger."""
         return f"{self.prefix}.settled"
+
+    @property
+    def ledgers(self) -> str:
+        """Direct exchange: the request ids workers settled, each batch routed to the one
+        enqueue process whose ledger counts them (lanes.lane.admission)."""
+        return f"{self.prefix}.ledgers"
 
     @property
     def undeliverable(self) -> str:
@@ -412,6 +419,7 @@ class PartitionSession:
             self.control.raw.exchange_declare(names.overflow_exchange, "direct", durable=True)
             self._feed = self._connection.channel()
             self._feed.exchange_declare(names.settled, "fanout", durable=True)
+            self._feed.exchange_declare(names.ledgers, "direct", durable=True)
             roster = self._connection.channel()
             roster.queue_declare(names.workers, auto_delete=True, arguments={"x-queue-type": "classic"})
             roster.basic_consume(names.workers, lambda *_: None)
@@ -569,10 +577,14 @@ class PartitionSession:
         self._overflow_known.discard(queue_name)
         return True
 
-    def announce_settled(self, body: bytes) -> None:
-        """A hint for the enqueue processes' ledgers: transient and unconfirmed."""
+    def announce_settled(self, body: bytes, ledger: str | None) -> None:
+        """A hint for the ledger of the enqueue process that accepted the requests (None:
+        for every ledger): transient and unconfirmed."""
         with self.control._translated():
-            self._feed.basic_publish(self._names.settled, "", body, _TRANSIENT)
+            if ledger is None:
+                self._feed.basic_publish(self._names.settled, "", body, _TRANSIENT)
+            else:
+                self._feed.basic_publish(self._names.ledgers, ledger, body, _TRANSIENT)
 
     def show(self, busy: bool, waiting: bool, spare: bool = False, hungry: bool = False) -> None:
         """Let the autoscaler and the other workers see this process's state at once, over
@@ -664,11 +676,12 @@ class Leadership:
 
 
 class Hints:
-    """A transient fanout exchange of hints: what is published reaches every process that
-    listens at that moment, and nothing is kept for one that does not (each reader has a
-    private auto-delete queue, read in a background thread or greenlet). A listener that
-    (re)connects is told so through `on_connected`, after its queue is bound, so that it
-    can catch up from where the facts are kept."""
+    """An exchange of transient hints: what is published reaches every process that
+    listens at that moment (a fanout exchange; or, with a `routing_key` on a direct one,
+    the process listening under that key), and nothing is kept for one that does not
+    (each reader has a private auto-delete queue, read in a background thread or
+    greenlet). A listener that (re)connects is told so through `on_connected`, after its
+    queue is bound, so that it can catch up from where the facts are kept."""
 
     def __init__(
         self,
@@ -677,20 +690,23 @@ class Hints:
         on_body: Callable[[bytes], None] = lambda _body: None,
         on_connected: Callable[[], None] = _nothing,
         durable: bool = False,
+        routing_key: str | None = None,
     ) -> None:
         self._settings = settings
         self._exchange = exchange
         self._on_body = on_body
         self._on_connected = on_connected
         self._durable = durable  # as every process that declares the exchange has it
+        self._kind = "fanout" if routing_key is None else "direct"
+        self._routing_key = routing_key or ""
 
     def publish(self, body: bytes) -> None:
         """Publish once, on a connection of its own (hints are rare); BrokerError on failure."""
         connection = open_connection(self._settings)
         try:
             channel = connection.channel()
-            channel.exchange_declare(self._exchange, "fanout", durable=self._durable)
-            channel.basic_publish(self._exchange, "", body, _TRANSIENT)
+            channel.exchange_declare(self._exchange, self._kind, durable=self._durable)
+            channel.basic_publish(self._exchange, self._routing_key, body, _TRANSIENT)
         except (pika.exceptions.AMQPError, OSError) as error:
             raise BrokerError(f"cannot publish on {self._exchange}: {error!r}") from None
         finally:
@@ -710,9 +726,9 @@ class Hints:
         connection = open_connection(self._settings)
         try:
             channel = connection.channel()
-            channel.exchange_declare(self._exchange, "fanout", durable=self._durable)
+            channel.exchange_declare(self._exchange, self._kind, durable=self._durable)
             queue_name = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
-            channel.queue_bind(queue_name, self._exchange)
+            channel.queue_bind(queue_name, self._exchange, self._routing_key)
             channel.basic_consume(queue_name, lambda _c, _m, _p, body: self._on_body(body), auto_ack=True)
             self._on_connected()
             while True:

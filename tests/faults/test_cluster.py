@@ -10,7 +10,6 @@ RABBITMQ_URL and fails over between them."""
 from __future__ import annotations
 
 import os
-import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import pymongo
 import pytest
 
-from deploy.services import FerretDB, RabbitMQ
+from deploy.services import FerretDB, RabbitMQ, start_cluster, stop_cluster
 from tests.conftest import ROOT, Workers, running_stack
 from tests.faults.journal import judge, read_runs
 from tests.faults.traffic import Audit, Lane, Traffic, audit, settle
@@ -31,31 +30,13 @@ NODES = 3
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[RabbitMQ], FerretDB]]:
     home = Path(tmp_path_factory.mktemp("cluster"))
-    nodes = []
-    for index in range(NODES):
-        port = free_port_block(2)
-        nodes.append(RabbitMQ(home / f"node{index}", port=port, management_port=port + 1))
+    nodes = start_cluster(home, [free_port_block(2) for _ in range(NODES)])
     database = FerretDB(home / "ferretdb", port=free_port_block(1))
     try:
-        nodes[0].start()
-        for node in nodes[1:]:
-            # One broker user for the cluster: the seed's, whose password every node keeps.
-            (node.home / "rabbitmq").mkdir(parents=True, exist_ok=True)
-            shutil.copy(nodes[0].home / "rabbitmq" / "credentials.json", node.home / "rabbitmq" / "credentials.json")
-            node.start()
-            node.join(nodes[0])
         database.start()
-        running = wait_until(
-            lambda: len(nodes[0].management("GET", "/api/nodes?columns=name,running")) == NODES,
-            timeout=60,
-            what="three running nodes",
-        )
-        assert running
         yield nodes, database
     finally:
-        for node in nodes:
-            node.stop()
-            node.kill()
+        stop_cluster(nodes)
         database.stop()
 
 

@@ -19,6 +19,7 @@ from tests.support import management_api, open_vhost
 PREFIX = "lanes"
 PARTITION = f"{PREFIX}.partition.0"
 SETTLED = f"{PREFIX}.settled"
+LEDGERS = f"{PREFIX}.ledgers"  # settled notices routed to the ledger that counts them
 OVERFLOW = f"{PREFIX}.overflow"  # where a worker spills a deep lane's requests
 REVOCATIONS = f"{PREFIX}.revocations"  # lanes.revocations: a transient fanout
 
@@ -32,6 +33,7 @@ def urls(running_services: None) -> Iterator[dict[str, str]]:
         channel = connection.channel()
         channel.queue_declare(PARTITION, durable=True, arguments={"x-queue-type": "classic"})
         channel.exchange_declare(SETTLED, "fanout", durable=True)
+        channel.exchange_declare(LEDGERS, "direct", durable=True)
         channel.exchange_declare(OVERFLOW, "direct", durable=True)
         channel.exchange_declare(REVOCATIONS, "fanout", durable=False)
     yield broker_urls({"RABBITMQ_URL": admin_url, "QUEUE_PREFIX": PREFIX})
@@ -48,6 +50,13 @@ def _refused(url: str, operation: str) -> bool:
                 channel.basic_publish("", PARTITION, b"{}", mandatory=True)
             elif operation == "publish a settled notice":
                 channel.basic_publish(SETTLED, "", b"{}")
+            elif operation == "notify a ledger":
+                channel.basic_publish(LEDGERS, "some-ledger", b"[]")
+            elif operation == "follow its ledger's notices":
+                channel.exchange_declare(LEDGERS, "direct", durable=True)
+                own = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+                channel.queue_bind(own, LEDGERS, "some-ledger")
+                channel.basic_consume(own, lambda *_: None)
             elif operation == "spill a deep lane":
                 channel.basic_publish(OVERFLOW, "some-user", b"{}")
             elif operation == "publish a revocation":
@@ -83,6 +92,12 @@ def test_every_function_has_a_user_of_its_own(urls: dict[str, str]) -> None:
         ("status", "consume a partition", True),
         ("enqueue", "consume a partition", True),
         ("enqueue", "publish a settled notice", True),
+        ("enqueue", "notify a ledger", True),
+        ("enqueue", "follow its ledger's notices", False),
+        ("worker", "notify a ledger", False),
+        ("status", "notify a ledger", True),
+        ("status", "follow its ledger's notices", True),
+        ("login", "follow its ledger's notices", True),
         ("enqueue", "publish to a partition", False),
         ("worker", "publish to a partition", True),
         ("worker", "consume a partition", False),

@@ -9,6 +9,7 @@ import pytest
 from lanes.broker import PartitionDelivery
 from lanes.lane.admission import LaneFull, LaneLedger
 from lanes.lane.messages import LaneMessage, partition_of
+from lanes.lane.notices import SettledNotices
 from lanes.lane.scheduler import LaneScheduler, Turn
 
 
@@ -168,6 +169,36 @@ def test_bad_settle_notices_are_ignored() -> None:
         ledger.on_settled_body(body)
     with pytest.raises(LaneFull):
         ledger.enter("u", "r2")
+
+
+def test_the_audit_drops_a_stale_lanes_settled_head_and_stops_at_its_first_open_request() -> None:
+    # Given two lanes whose notices were lost: one settled up to r2, one entered just now
+    settled = {"r1", "r2", "s1"}
+    asked: list[str] = []
+    ledger = LaneLedger(limit=10, verify=lambda request: asked.append(request) is None and request in settled)
+    for request in ("r1", "r2", "r3", "r4"):
+        ledger.enter("u", request)
+    ledger.AUDIT_AFTER_SECONDS = 0.01
+    time.sleep(0.02)
+    ledger.enter("v", "s1")
+    # When the audit runs
+    ledger.audit()
+    # Then the stale lane lost its settled head, read up to its first open request, and
+    # the fresh lane was not read
+    assert asked == ["r1", "r2", "r3"]
+    assert ledger.enter("u", "r5") == 2
+    assert ledger.enter("v", "s2") == 1
+
+
+def test_settled_notices_go_in_one_batch_to_each_ledger() -> None:
+    notices = SettledNotices()
+    for request, ledger in (("a1", "A"), ("b1", "B"), ("a2", "A"), ("old", None)):
+        notices.add(request, ledger)
+    sent: list[tuple[bytes, str | None]] = []
+    notices.flush(lambda body, ledger: sent.append((body, ledger)), force=True)
+    assert sorted(sent, key=lambda item: str(item[1])) == [(b'["a1","a2"]', "A"), (b'["b1"]', "B"), (b'["old"]', None)]
+    notices.flush(lambda body, ledger: sent.append((body, ledger)), force=True)
+    assert len(sent) == 3  # nothing twice
 
 
 def test_a_lane_always_hashes_to_the_same_partition() -> None:

@@ -16,10 +16,11 @@ from lanes.tokens import TokenService
 
 
 def test_a_lane_message_carries_the_whole_request_and_round_trips() -> None:
-    message = LaneMessage("r1", "u1", "echo", '{"a":[1,2]}', "corr-1")
+    message = LaneMessage("r1", "u1", "echo", '{"a":[1,2]}', "corr-1", ledger="ledger-1")
     assert LaneMessage.parse(message.body(), message.headers()) == message
     plain = LaneMessage("r2", "u2", "sleep", "null")
-    assert LaneMessage.parse(plain.body(), plain.headers()).correlation_id is None
+    parsed = LaneMessage.parse(plain.body(), plain.headers())
+    assert (parsed.correlation_id, parsed.ledger) == (None, None)
 
 
 def test_a_lane_message_body_is_the_data_as_compact_utf8() -> None:

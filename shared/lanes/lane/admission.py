@@ -3,10 +3,12 @@ partition, and the per-process ledger that gives a lane's depth and `position`."
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -29,19 +31,24 @@ class LaneLedger:
     depth (LANE_DEPTH_LIMIT) and each new request's `position`.
 
     A request is entered before its publish, so two concurrent enqueues of one user
-    cannot both pass the limit. Settles arrive on the settled feed; one lost there (a
-    worker killed before it sent it) leaves an entry behind, so a lane that looks full
+    cannot both pass the limit. Settles arrive on the settled feed, addressed to this
+    ledger's `key` (the messages carry it); one lost there (a worker killed before it
+    sent it, this process reconnecting) leaves an entry behind. So a lane that looks full
     is confirmed first: `verify` (a read by `_id`) drops its oldest entries whose outcome
     is recorded — a few, at most once a second per lane, so that a client hammering a
-    full lane does not turn each refusal into database reads."""
+    full lane does not turn each refusal into database reads; and `audit` looks at each
+    lane whose oldest entry is older than AUDIT_AFTER_SECONDS, so that a lost notice
+    inflates `position` for that long at most."""
 
     VERIFIED_PER_LOOK = 3
     LOOK_EVERY_SECONDS = 1.0
+    AUDIT_AFTER_SECONDS = 30.0
 
     def __init__(self, limit: int, verify: Callable[[str], bool]) -> None:
+        self.key = uuid.uuid4().hex
         self._limit = limit
         self._verify = verify
-        self._open: dict[str, OrderedDict[str, None]] = {}
+        self._open: dict[str, OrderedDict[str, float]] = {}  # lane -> request id -> when entered
         self._owner: dict[str, str] = {}
         self._looked_at: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -58,7 +65,7 @@ class LaneLedger:
             lane = self._open.setdefault(user_id, OrderedDict())
             if len(lane) >= self._limit:
                 raise LaneFull
-            lane[request_id] = None
+            lane[request_id] = time.monotonic()
             self._owner[request_id] = user_id
             return len(lane) - 1
 
@@ -82,6 +89,20 @@ class LaneLedger:
                     lane.pop(request_id, None)
                     if not lane:
                         del self._open[user_id]
+
+    def audit(self) -> None:
+        """Drop settled entries from the head of each lane entered too long ago: a lane
+        runs in order, so its oldest entry unsettled means the rest are too."""
+        stale = time.monotonic() - self.AUDIT_AFTER_SECONDS
+        with self._lock:
+            heads = [(lane, next(iter(ids))) for lane, ids in self._open.items() if next(iter(ids.values())) < stale]
+        for lane, head in heads:
+            request_id: str | None = head
+            while request_id is not None and self._verify(request_id):  # reads outside the lock
+                self.settle([request_id])
+                with self._lock:
+                    ids = self._open.get(lane)
+                    request_id = next(iter(ids), None) if ids else None
 
     def on_settled_body(self, body: bytes) -> None:
         try:
@@ -107,6 +128,7 @@ class PartitionPublisher:
 
         Raises LaneFull, or BrokerError when the message did not reach the broker's disk."""
         position = self._ledger.enter(message.user_id, message.request_id)
+        message = dataclasses.replace(message, ledger=self._ledger.key)
         partition = self._names.partition(partition_of(message.user_id, self._settings.lane_partitions))
         try:
             with self._pool.channel() as channel:
@@ -128,7 +150,7 @@ class PartitionPublisher:
 
 
 def partition_publisher(settings: Settings, pool: ChannelPool, requests: Requests) -> PartitionPublisher:
-    """The enqueue process's publisher, with its ledger fed by the settled feed."""
+    """The enqueue process's publisher, with its ledger fed by the settled feed and audited."""
 
     def settled(request_id: str) -> bool:
         try:
@@ -137,7 +159,19 @@ def partition_publisher(settings: Settings, pool: ChannelPool, requests: Request
             return False  # cannot tell: the lane stays as full as it looks
 
     ledger = LaneLedger(settings.lane_depth_limit, settled)
-    # The settled feed: a hint, as the ledger checks before it refuses (workers declare it durable).
-    feed = Hints(settings, QueueNames.of(settings).settled, ledger.on_settled_body, durable=True)
+    # The settled feed, this ledger's own: a hint, as the ledger checks before it refuses
+    # and audits what stays long (workers declare the exchange durable).
+    names = QueueNames.of(settings)
+    feed = Hints(settings, names.ledgers, ledger.on_settled_body, durable=True, routing_key=ledger.key)
     threading.Thread(target=feed.run, name="lanes-settled-feed", daemon=True).start()
+    threading.Thread(target=_audit_forever, args=(ledger,), name="lanes-ledger-audit", daemon=True).start()
     return PartitionPublisher(settings, pool, ledger)
+
+
+def _audit_forever(ledger: LaneLedger) -> None:
+    while True:
+        time.sleep(ledger.AUDIT_AFTER_SECONDS / 3)
+        try:
+            ledger.audit()
+        except Exception:  # noqa: BLE001 - an audit that failed is tried again on the next round
+            continue

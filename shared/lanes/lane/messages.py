@@ -10,6 +10,7 @@ from lanes.broker import decode
 
 # The message's headers (lanes.broker publishes them as AMQP headers).
 REQUEST, USER, ACTION, CORRELATION = "lanes-request", "lanes-user", "lanes-action", "lanes-correlation"
+LEDGER = "lanes-ledger"
 
 
 def partition_of(user_id: str, partitions: int) -> int:
@@ -26,6 +27,8 @@ class LaneMessage:
     action: str
     data_json: str
     correlation_id: str | None = None
+    # The ledger of the enqueue process that accepted it, which alone is told it settled.
+    ledger: str | None = None
 
     def headers(self) -> dict[str, str]:
         """What the worker needs besides the data, as AMQP headers: the body stays the data
@@ -33,6 +36,8 @@ class LaneMessage:
         headers = {REQUEST: self.request_id, USER: self.user_id, ACTION: self.action}
         if self.correlation_id is not None:
             headers[CORRELATION] = self.correlation_id
+        if self.ledger is not None:
+            headers[LEDGER] = self.ledger
         return headers
 
     def body(self) -> bytes:
@@ -49,6 +54,7 @@ class LaneMessage:
                     action=_text(headers[ACTION]),
                     data_json=body.decode("utf-8"),
                     correlation_id=_text(headers[CORRELATION]) if CORRELATION in headers else None,
+                    ledger=_text(headers[LEDGER]) if LEDGER in headers else None,
                 )
             # Published before the headers: the whole request as one JSON object.
             fields = decode(body)

@@ -1,5 +1,5 @@
 """The settled feed's sending side: the ids a worker settled, announced in batches to the
-enqueue processes' ledgers (lanes.lane.admission.LaneLedger)."""
+ledger of the enqueue process that accepted each (lanes.lane.admission.LaneLedger)."""
 
 from __future__ import annotations
 
@@ -16,31 +16,34 @@ SETTLED_FLUSH_IDS = 500
 
 
 class SettledNotices:
-    """Settled ids waiting to be announced; a hint, so a failed send is only logged."""
+    """Settled ids waiting to be announced, by ledger (None: a message that names none,
+    announced to every ledger); a hint, so a failed send is only logged."""
 
     def __init__(self) -> None:
-        self._ids: list[str] = []
+        self._ids: dict[str | None, list[str]] = {}
+        self._count = 0
         self._since = 0.0
 
-    def add(self, request_id: str) -> None:
-        if not self._ids:
+    def add(self, request_id: str, ledger: str | None) -> None:
+        if not self._count:
             self._since = time.monotonic()
-        self._ids.append(request_id)
+        self._ids.setdefault(ledger, []).append(request_id)
+        self._count += 1
 
     def seconds_to_flush(self) -> float | None:
         """How long until the batch is due; None with nothing to send."""
-        if not self._ids:
+        if not self._count:
             return None
         return max(0.0, self._since + SETTLED_FLUSH_SECONDS - time.monotonic())
 
-    def flush(self, send: Callable[[bytes], None], force: bool = False) -> None:
-        if not self._ids:
+    def flush(self, send: Callable[[bytes, str | None], None], force: bool = False) -> None:
+        if not self._count:
             return
         due = time.monotonic() - self._since >= SETTLED_FLUSH_SECONDS
-        if force or due or len(self._ids) >= SETTLED_FLUSH_IDS:
-            body = json.dumps(self._ids, separators=(",", ":")).encode()
-            self._ids = []
-            try:
-                send(body)
-            except Exception as error:  # noqa: BLE001 - a hint: the ledgers verify before refusing
-                log.warning("could not announce settled requests: %r", error)
+        if force or due or self._count >= SETTLED_FLUSH_IDS:
+            batches, self._ids, self._count = self._ids, {}, 0
+            for ledger, ids in batches.items():
+                try:
+                    send(json.dumps(ids, separators=(",", ":")).encode(), ledger)
+                except Exception as error:  # noqa: BLE001 - a hint: the ledgers verify before refusing
+                    log.warning("could not announce settled requests: %r", error)

@@ -71,7 +71,7 @@ from lanes.settings import Settings
 log = logging.getLogger("lanes.autoscaler")
 
 # After a worker starts, the partitions are shared anew at the workers' next balance
-# (lanes.lane.dispatcher.BALANCE_SECONDS) and the waiting signal follows a balance later: lanes
+# (lanes.lane.balance.BALANCE_SECONDS) and the waiting signal follows a balance later: lanes
 # still shown waiting before then say nothing about whether one more worker helped.
 GROWTH_SETTLE_SECONDS = 2.5
 

@@ -1,4 +1,4 @@
-"""How worker processes share the partitions (lanes.lane.dispatcher.Dispatcher._balance):
+"""How worker processes share the partitions (lanes.lane.balance, run by the dispatcher):
 fair shares, and work passed on from a process whose lanes wait to one with a free slot.
 
 Two dispatchers over a fake broker that knows only who holds which partition and which
@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from lanes.broker import PartitionDelivery, QueueNames
-from lanes.lane import dispatcher as dispatcher_module
+from lanes.lane import balance as balance_module
 from lanes.lane.dispatcher import Dispatcher
 from lanes.lane.messages import LaneMessage, partition_of
 from lanes.lane.overflow import Overflow
@@ -97,7 +97,7 @@ def lane_in(partition: int, taken: set[str]) -> str:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     now = [1000.0]
-    monkeypatch.setattr(dispatcher_module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(balance_module.time, "monotonic", lambda: now[0])
     return now
 
 
@@ -128,10 +128,13 @@ def test_lanes_waiting_for_a_slot_move_to_a_process_with_one_free(clock: list[fl
     enqueue(first, running)
     enqueue(first, waiting)
     assert first._idle == 0 and first._scheduler.waiting_in(1) == 1
-    # When they balance: the first shows its lane waiting, the second a slot to spare
+    # When they balance: the second shows a slot to spare, the first its lane waiting,
+    # which it passes on only once it has waited a balance (a moment's wait moves nothing)
     balance(second)
     balance(first)
+    assert broker.holder[1] == "first"
     clock[0] += 1
+    balance(first)
     balance(second)
     # Then the waiting lane's partition went to the second (its message goes back to the
     # partition's head, and the second is delivered it), the running one stayed
@@ -152,8 +155,10 @@ def test_nothing_is_passed_on_without_a_spare_process_or_while_it_runs(clock: li
     enqueue(first, running)
     enqueue(first, lane_in(1, {running}))
     enqueue(second, lane_in(2, set()))
-    balance(second)
-    balance(first)
+    for _ in range(3):
+        balance(second)
+        balance(first)
+        clock[0] += 1
     assert broker.holder == {0: "first", 1: "first", 2: "second", 3: "second"}
     # A lane waiting behind its own running request stays with it, slot free elsewhere or not
     broker2 = Broker()
@@ -162,8 +167,10 @@ def test_nothing_is_passed_on_without_a_spare_process_or_while_it_runs(clock: li
     lane = lane_in(0, set())
     enqueue(alone, lane)
     enqueue(alone, lane)
-    balance(idle)
-    balance(alone)
+    for _ in range(3):
+        balance(idle)
+        balance(alone)
+        clock[0] += 1
     assert broker2.holder[0] == "alone"
 
 
@@ -177,11 +184,13 @@ def test_an_unused_passed_on_partition_is_taken_back(clock: list[float]) -> None
     enqueue(first, lane_in(1, {running}))
     balance(second)
     balance(first)
+    clock[0] += 1
+    balance(first)
     assert 1 not in broker.holder  # passed on
     # When nobody takes it (the spare process got busy meanwhile)
     enqueue(second, lane_in(2, set()))
     balance(second)
-    clock[0] += dispatcher_module.PASSED_ON_SECONDS + 0.1
+    clock[0] += balance_module.PASSED_ON_SECONDS + 0.1
     balance(first)
     # Then its old holder serves it again: every partition stays held
     assert broker.holder[1] == "first"

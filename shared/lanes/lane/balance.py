@@ -20,9 +20,11 @@ log = logging.getLogger("lanes.lane")
 
 # How often a worker process looks at how many processes share the partitions.
 BALANCE_SECONDS = 1.0
-# A partition passed on to a spare process is not taken back by the one that passed it
-# for this long, and a spare process looks for it while lanes waited this long ago.
-PASSED_ON_SECONDS = 3.0
+# A partition passed on to a spare process is left free for this long (the spare one
+# balances within a second), then taken back by the one that passed it if nobody did.
+PASSED_ON_SECONDS = 1.5
+# A spare process looks for free partitions while lanes waited elsewhere this long ago.
+WAITING_SEEN_SECONDS = 3.0
 
 
 class Balancing:
@@ -39,6 +41,7 @@ class Balancing:
     _epochs: dict[int, int]  # partition held -> its holder epoch
     _draining: set[int]  # held partitions whose lanes start nothing until they are let go
     _waiting_shown: bool
+    _waiting_since: float | None  # lanes have waited for a slot here since, at every balance
     _balanced_at: float
     _passed_on: dict[int, float]  # partition -> when this process passed it on
     _waiting_elsewhere_at: float
@@ -53,10 +56,11 @@ class Balancing:
         and lets the extra ones go while another process is *hungry* (a free slot, less
         than its share), keeping its busiest. Beyond shares, lanes must not wait for a
         slot in one process while another has slots free: a process whose slots are all
-        busy and whose lanes wait passes on one partition a balance in which nothing runs
-        (so it goes at once, its messages back at their partition's head in order) while
-        another shows *spare* (free slots, no lane waiting); a spare process takes free
-        partitions beyond its share while lanes wait elsewhere (docs/design.md §4.5)."""
+        busy and whose lanes have waited for a balance passes on one partition a balance
+        in which nothing runs (so it goes at once, its messages back at their partition's
+        head in order) while another shows *spare* (free slots, no lane waiting); a spare
+        process takes free partitions beyond its share while lanes wait elsewhere
+        (docs/design.md §4.5)."""
         now = time.monotonic()
         if now - self._balanced_at < BALANCE_SECONDS:
             return
@@ -64,6 +68,10 @@ class Balancing:
         seen = self._scheduler.summary()
         self._report_lanes(seen)
         self._waiting_shown = seen.lanes_waiting > 0
+        if not self._waiting_shown:
+            self._waiting_since = None
+        elif self._waiting_since is None:
+            self._waiting_since = now
         share = math.ceil(self._settings.lane_partitions / self._session.workers())
         held = [p for p in self._session.held if p not in self._draining]
         spare = self._idle > 0 and not self._waiting_shown
@@ -73,11 +81,14 @@ class Balancing:
             self._waiting_elsewhere_at = now
         if len(held) < share:
             self._take_free(share - len(held), held)
-        elif spare and now - self._waiting_elsewhere_at < PASSED_ON_SECONDS:
+        elif spare and now - self._waiting_elsewhere_at < WAITING_SEEN_SECONDS:
             self._take_free(1, held)
+        # Lanes waiting for one balance, not a moment: a partition passed on costs its
+        # messages' redelivery and a new holder epoch.
+        waited = self._waiting_since is not None and now - self._waiting_since >= BALANCE_SECONDS
         if len(held) > share and self._session.others_showing(self._names.hungry_workers):
             self._let_go_extra(held, share)
-        elif self._waiting_shown and self._idle == 0 and self._session.others_showing(self._names.spare_workers):
+        elif waited and self._idle == 0 and self._session.others_showing(self._names.spare_workers):
             self._pass_on(held)
 
     def _take_free(self, wanted: int, held: list[int]) -> None:

@@ -4,7 +4,6 @@ the acknowledgements of what its slots settled."""
 from __future__ import annotations
 
 import logging
-import math
 import random
 import threading
 import time
@@ -13,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lanes.broker import PartitionDelivery, PartitionSession, QueueNames
-from lanes.errors import BrokerError, DatabaseError, retry_delay
+from lanes.errors import BrokerError, retry_delay
+from lanes.lane.balance import BALANCE_SECONDS, Balancing
 from lanes.lane.fencing import BrokerLease
 from lanes.lane.messages import LaneMessage, partition_of
 from lanes.lane.notices import SettledNotices
@@ -23,13 +23,8 @@ from lanes.settings import Settings
 
 log = logging.getLogger("lanes.lane")
 
-# How often a worker process looks at how many processes share the partitions.
-BALANCE_SECONDS = 1.0
 # How long an idle slot waits for a turn before it looks whether the worker stops.
 IDLE_SECONDS = 0.5
-# A partition passed on to a spare process is not taken back by the one that passed it
-# for this long, and a spare process looks for it while lanes waited this long ago.
-PASSED_ON_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -41,7 +36,7 @@ class Settled:
     lost: bool = False  # a later holder has the request: the message went back already
 
 
-class Dispatcher:
+class Dispatcher(Balancing):
     """A worker process's broker side, in a thread of its own (the only one that touches
     the connection): holds partitions, feeds the scheduler, hands turns to idle slots,
     acknowledges what they settle, and announces it."""
@@ -73,6 +68,7 @@ class Dispatcher:
         self._balanced_at = float("-inf")
         self._passed_on: dict[int, float] = {}  # partition -> when this process passed it on
         self._waiting_elsewhere_at = float("-inf")
+        self._waiting_since: float | None = None
         self._notices = SettledNotices()
         self.turns: deque[Turn] = deque()  # handed to slots, taken by `take_turn`
         self._turns_ready = threading.Condition()
@@ -246,7 +242,7 @@ class Dispatcher:
             self._session.ack(report.turn.delivery)
             waiting = self._scheduler.waiting_ids(report.turn.lane, report.turn.delivery.partition)
             self._overflow.settled(report.turn.lane, len(waiting))
-            self._notices.add(report.turn.message.request_id)
+            self._notices.add(report.turn.message.request_id, report.turn.message.ledger)
             partition = report.turn.delivery.partition
             if partition in self._draining and not self._running_in(partition):
                 self._let_go(partition)
@@ -280,107 +276,6 @@ class Dispatcher:
     def _may_run(self, lane: str) -> bool:
         partition = partition_of(lane, self._settings.lane_partitions)
         return partition not in self._draining and lane not in self._handed_back
-
-    def _running_in(self, partition: int) -> bool:
-        return self._scheduler.running_in(partition)
-
-    # -- holding partitions ---------------------------------------------------------------
-
-    def _balance(self) -> None:
-        """Hold a fair share of the partitions, and pass work on to where slots are free.
-
-        Each process takes free partitions up to its share, ceil(partitions / processes),
-        and lets the extra ones go while another process is *hungry* (a free slot, less
-        than its share), keeping its busiest. Beyond shares, lanes must not wait for a
-        slot in one process while another has slots free: a process whose slots are all
-        busy and whose lanes wait passes on one partition a balance in which nothing runs
-        (so it goes at once, its messages back at their partition's head in order) while
-        another shows *spare* (free slots, no lane waiting); a spare process takes free
-        partitions beyond its share while lanes wait elsewhere (docs/design.md §4.5)."""
-        now = time.monotonic()
-        if now - self._balanced_at < BALANCE_SECONDS:
-            return
-        self._balanced_at = now
-        seen = self._scheduler.summary()
-        self._report_lanes(seen)
-        self._waiting_shown = seen.lanes_waiting > 0
-        share = math.ceil(self._settings.lane_partitions / self._session.workers())
-        held = [p for p in self._session.held if p not in self._draining]
-        spare = self._idle > 0 and not self._waiting_shown
-        hungry = self._idle > 0 and len(held) < share
-        self._session.show(busy=seen.lanes_with_work > 0, waiting=self._waiting_shown, spare=spare, hungry=hungry)
-        if self._session.others_showing(self._names.waiting_workers):
-            self._waiting_elsewhere_at = now
-        if len(held) < share:
-            self._take_free(share - len(held), held)
-        elif spare and now - self._waiting_elsewhere_at < PASSED_ON_SECONDS:
-            self._take_free(1, held)
-        if len(held) > share and self._session.others_showing(self._names.hungry_workers):
-            self._let_go_extra(held, share)
-        elif self._waiting_shown and self._idle == 0 and self._session.others_showing(self._names.spare_workers):
-            self._pass_on(held)
-
-    def _take_free(self, wanted: int, held: list[int]) -> None:
-        """Take up to `wanted` free partitions, not one this process passed on just now."""
-        count = self._settings.lane_partitions
-        now = time.monotonic()
-        start = random.randrange(count)
-        taken = 0
-        for index in [(start + i) % count for i in range(count)]:
-            if taken >= wanted:
-                return
-            if now - self._passed_on.get(index, float("-inf")) < PASSED_ON_SECONDS:
-                continue
-            if index not in self._session.held and self._take(index):
-                held.append(index)
-                taken += 1
-
-    def _let_go_extra(self, held: list[int], share: int) -> None:
-        """Keep the `share` busiest partitions; an idle one goes at once, a busy one drains."""
-        busiest = sorted(held, key=lambda p: (self._running_in(p), self._scheduler.waiting_in(p)), reverse=True)
-        for index in busiest[share:]:
-            held.remove(index)
-            self._draining.add(index)
-            if not self._running_in(index):
-                self._let_go(index)
-
-    def _pass_on(self, held: list[int]) -> None:
-        """Let go of the partition with the most requests waiting and none running, if any."""
-        movable = [p for p in held if not self._running_in(p) and self._scheduler.waiting_in(p)]
-        if movable:
-            index = max(movable, key=self._scheduler.waiting_in)
-            held.remove(index)
-            self._passed_on[index] = time.monotonic()
-            self._let_go(index)
-
-    def _take(self, partition: int) -> bool:
-        """Take a free partition under a new holder epoch, drawn before consuming so that
-        everything this holding starts carries it."""
-        try:
-            epoch = self._take_partition(self._session, partition)
-        except DatabaseError as error:
-            log.warning("cannot take partition %d: %r", partition, error)
-            return False
-        if epoch is None:
-            return False
-        try:
-            self._overflow.taken(partition)
-        except DatabaseError as error:  # its deep lanes unknown, its order could not be kept
-            log.warning("cannot read partition %d's deep lanes: %r", partition, error)
-            self._session.let_go(partition)
-            return False
-        self._epochs[partition] = epoch
-        return True
-
-    def _let_go(self, partition: int) -> None:
-        self._draining.discard(partition)
-        for turn in self._scheduler.drop_partition(partition):
-            if turn.delivery.overflow:  # fetched and not started: back to its queue's head
-                self._session.give_back(turn.delivery)
-                self._overflow.fed -= 1
-        self._session.let_go(partition)
-        self._epochs.pop(partition, None)
-        self._overflow.let_go(partition)
 
 
 class _NotConnected:

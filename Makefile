@@ -56,7 +56,7 @@ dashboard-png: setup  ## a fresh stack, Prometheus and a burst of load, drawn as
 	LANES_DASHBOARD_PNG=$(CURDIR)/build/dashboard-overview.png $(PY) -m pytest -q tests/integration/test_prometheus.py
 	@echo "dashboard: build/dashboard-overview.png"
 
-bench: setup  ## Lanes against raw RabbitMQ, a bare enqueue endpoint and Celery; report in bench/results (<= 14 min)
+bench: setup  ## Lanes against raw RabbitMQ, a bare enqueue endpoint and Celery; report in bench/results (<= 15 min)
 	$(PY) -m bench
 
 bench-quick: setup  ## the same scenarios on small workloads (<= 3 min)

@@ -28,7 +28,7 @@ from bench.context import FULL, QUICK, Context
 from bench.infra import Isolation
 from bench.lanes_stack import start_stack
 from bench.procs import STOP, Processes
-from bench.scenarios import backlog, broker, coldstart, e2e, enqueue, fairness, growth, hol, scale
+from bench.scenarios import backlog, broker, coldstart, e2e, elastic, enqueue, fairness, growth, hol, scale
 from deploy import services
 from deploy.template import ROOT
 
@@ -66,6 +66,7 @@ PHASES: list[Phase] = [
     ("scale", (), scale.run, 20),
     ("backlog", (), backlog.run, 40),
     ("hol", (), hol.run, 40),
+    ("elastic", (), elastic.run, 60),
     ("growth", (), growth.run, 60),
 ]
 

@@ -58,7 +58,7 @@ class Sizes:
 
 FULL = Sizes(
     mode="full",
-    budget=800,
+    budget=900,
     workers=2,
     broker_messages=20000,
     broker_seconds=3,

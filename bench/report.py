@@ -260,6 +260,26 @@ def markdown(r: dict[str, Any], plots: list[str] | None = None) -> str:
             "ms",
         ),
     ]
+    elastic = r.get("elastic_ratio_by_workers") or {}
+    for count in sorted(elastic, key=int):
+        rows.append(
+            (
+                f"Backlog drained by {count} worker(s) vs 1, classic partitions on one node",
+                "elastic_ratio_by_workers",
+                elastic[count],
+                None,
+                "x",
+            )
+        )
+    rows.append(
+        (
+            "Backlog drained on quorum partitions, 3-node cluster vs classic on one node (2 workers)",
+            "elastic_quorum_cluster_vs_classic",
+            r.get("elastic_quorum_cluster_vs_classic"),
+            None,
+            "x",
+        )
+    )
     rows.append(("Cold start: worker start → first result", "cold_start_s", r.get("cold_start_s"), None, "s"))
     stored = d.get("growth", {}).get("records")
     rows += [

@@ -63,7 +63,7 @@ def _measure(ctx: Context, count: int, vhost: str, database: str) -> dict[str, A
     node_before = node_memory_mb()
     # Leave time for the stats, the workers' window and deleting the lanes (~250 a second).
     fill_for = min(ctx.sizes.scale_fill_seconds, ctx.time_left() - 20 - ctx.sizes.scale_drain_seconds - count / 250)
-    filled, fill_seconds = _fill(settings, count, per_lane, fill_for)
+    filled, fill_seconds = fill(settings, count, per_lane, fill_for)
     ctx.say("scale", f"{count} lanes: {filled} requests queued in {fill_seconds:.1f} s (no worker running)")
     # Queue memory comes from the management API: wait until its figures show the fill.
     wait_vhost_holds(vhost, filled, timeout=STATS_INTERVAL * 3)
@@ -107,14 +107,16 @@ def _measure(ctx: Context, count: int, vhost: str, database: str) -> dict[str, A
     return result
 
 
-def _fill(settings: Settings, count: int, per_lane: int, seconds: float) -> tuple[int, float]:
-    """Queue `per_lane` echo requests in each of `count` new lanes, within `seconds`."""
+ECHO = EnqueueBody(action="echo", data={"n": 1})
+
+
+def fill(settings: Settings, count: int, per_lane: int, seconds: float, body: EnqueueBody = ECHO) -> tuple[int, float]:
+    """Queue `per_lane` requests in each of `count` new lanes, within `seconds`."""
     db = connect(settings)
     ensure_indexes(db)
     pool = ChannelPool(settings, max_idle=FILL_THREADS)
     ledger = LaneLedger(settings.lane_depth_limit, verify=lambda _request_id: False)
     enqueuer = Enqueuer(settings, Requests(db), PartitionPublisher(settings, pool, ledger))
-    body = EnqueueBody(action="echo", data={"n": 1})
     start = time.monotonic()
     deadline = start + max(1.0, seconds)
 

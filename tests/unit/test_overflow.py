@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from lanes.errors import BrokerError
+from lanes.lane import overflow as overflow_module
 from lanes.lane.overflow import Overflow
 
 
@@ -128,3 +132,56 @@ def test_a_crowded_partition_spills_a_lane_that_has_a_request_held_already() -> 
     assert lanes.spills("u", 0, "r2", held=["r1"], crowded=True)
     assert registry.lanes == {"u": (0, "r1")}
     assert not lanes.spills("v", 0, "v2", held=["v1"], crowded=False)
+
+
+class UnreadableSession:
+    """Fetching lane `broken`'s overflow queue fails as a connection RabbitMQ closes would."""
+
+    def __init__(self, broken: str) -> None:
+        self.broken = broken
+        self.fetched: list[str] = []
+
+    def fetch(self, lane: str, _partition: int) -> Any:
+        self.fetched.append(lane)
+        if lane == self.broken:
+            raise BrokerError("RabbitMQ failed: internal_error, nodedown")
+        return object()
+
+
+def test_an_unreadable_overflow_queue_is_tried_again_only_after_a_pause_across_reconnections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(overflow_module.time, "monotonic", lambda: now[0])
+    lanes = overflow(Registry(), settled=frozenset({"broken3", "fine3"}), max_fed=10)
+    for user in ("broken", "fine"):
+        lanes.spills(user, 0, f"{user}4", held=[f"{user}1", f"{user}2", f"{user}3"])
+        lanes.settled(user, waiting=0)
+    session = UnreadableSession("broken")
+    # When its fetch fails (the connection with it), and the process reconnects and takes
+    # the partition again
+    with pytest.raises(BrokerError):
+        list(lanes.feed(session, lambda _lane, _partition: True))  # type: ignore[arg-type]
+    lanes.reset()
+    lanes.taken(0)
+    # Then the other lanes are fed, and the broken one only once its pause is over
+    assert [lane for lane, _ in lanes.feed(session, lambda _lane, _partition: True)] == ["fine"]  # type: ignore[arg-type]
+    now[0] += overflow_module.UNREADABLE_BACKOFF_SECONDS + 0.1
+    with pytest.raises(BrokerError):
+        list(lanes.feed(session, lambda _lane, _partition: True))  # type: ignore[arg-type]
+    assert session.fetched == ["broken", "fine", "broken"]
+
+
+def test_a_request_newer_than_the_boundary_is_spilled_even_when_given_back_ahead_of_it() -> None:
+    # Given a lane that went deep at r3 under the last holder, its r2 and r3 unfinished
+    registry = Registry()
+    registry.mark("u", 0, "r3")
+    lanes = overflow(registry)
+    lanes.taken(0)
+    # When the partition gives the lane's messages back out of their order: r5 (a copy
+    # of a request already spilled) ahead of r2 and r3
+    # Then r5 goes behind the overflow queue, and r2, r3 stay, as what the last holder held
+    assert lanes.spills("u", 0, "r5", held=[])
+    assert not lanes.spills("u", 0, "r2", held=[])
+    assert not lanes.spills("u", 0, "r3", held=["r2"])
+    assert lanes.spills("u", 0, "r4", held=["r2", "r3"])

@@ -21,6 +21,7 @@ is recorded, everything before it is settled too, and it spills at once.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,9 +31,16 @@ from pymongo.database import Database
 
 from lanes.broker import PartitionDelivery, PartitionSession
 from lanes.db import translate_errors
-from lanes.errors import DatabaseError
+from lanes.errors import BrokerError, DatabaseError
 
 log = logging.getLogger("lanes.lane")
+
+# A lane whose overflow queue could not be read is not fed again for this long, doubling
+# up to the most: RabbitMQ answers a `basic.get` from a queue it cannot reach (a quorum
+# queue whose leader died as it was declared, seen on 3.10.8) by closing the whole
+# connection, and every lane of the process would pay for each try.
+UNREADABLE_BACKOFF_SECONDS = 2.0
+UNREADABLE_BACKOFF_MAX_SECONDS = 60.0
 
 
 @dataclass
@@ -72,6 +80,8 @@ class Overflow:
         self._deep: dict[str, DeepLane] = {}
         self._hungry: deque[str] = deque()  # deep lanes with nothing in memory, in turn order
         self.fed = 0  # requests fetched from overflow queues and not started yet
+        # lane -> (not before, failures): kept across reconnections, which such a failure causes
+        self._unreadable: dict[str, tuple[float, int]] = {}
 
     def taken(self, partition: int) -> None:
         """Learn the partition's deep lanes (DatabaseError: the partition must not be held)."""
@@ -112,7 +122,11 @@ class Overflow:
         if deep.keep_until is not None:
             if deep.keep_until == request_id:
                 deep.keep_until = None  # what follows came after the predecessor went deep
-            return False
+            # Ids are time-ordered: one newer than the boundary was accepted after the lane
+            # went deep, and its place is behind the overflow queue, even when the broker
+            # gives it back ahead of the boundary (a quorum partition whose leader's node
+            # died did: tests/faults/test_cluster.py).
+            return request_id > deep.keep_until if deep.keep_until is not None else False
         return True
 
     def is_deep(self, lane: str) -> bool:
@@ -128,9 +142,11 @@ class Overflow:
         """The next deep lane to fetch one request for, in turn, while few enough are fed."""
         if self.fed >= self._max_fed:
             return None
+        now = time.monotonic()
         for _ in range(len(self._hungry)):
             lane = self._hungry.popleft()
-            if may_feed(lane, self._deep[lane].partition):
+            readable = self._unreadable.get(lane, (0.0, 0))[0] <= now
+            if readable and may_feed(lane, self._deep[lane].partition):
                 return lane
             self._hungry.append(lane)
         return None
@@ -141,12 +157,25 @@ class Overflow:
         """The next request of each deep lane whose turn comes, fetched from its overflow
         queue; a lane found empty there is shallow again, and its queue is deleted."""
         while (lane := self.next_to_feed(may_feed)) is not None:
-            delivery = session.fetch(lane, self._deep[lane].partition)
+            try:
+                delivery = session.fetch(lane, self._deep[lane].partition)
+            except BrokerError:
+                self._unreadable_now(lane)
+                raise
+            self._unreadable.pop(lane, None)
             if delivery is not None:
                 self.fed += 1
                 yield lane, delivery
             elif session.drop_overflow(lane):
                 self.drained(lane)
+
+    def _unreadable_now(self, lane: str) -> None:
+        failures = self._unreadable.get(lane, (0.0, 0))[1] + 1
+        pause = min(UNREADABLE_BACKOFF_MAX_SECONDS, UNREADABLE_BACKOFF_SECONDS * 2 ** (failures - 1))
+        self._unreadable[lane] = (time.monotonic() + pause, failures)
+        if len(self._unreadable) > 10_000:  # a bound; a lane forgotten here is only tried sooner
+            self._unreadable.pop(next(iter(self._unreadable)))
+        log.warning("cannot read lane %s's overflow queue (try %d); its next try in %.0f s", lane, failures, pause)
 
     def drained(self, lane: str) -> None:
         """The lane's overflow queue is gone: it is shallow again."""

@@ -20,6 +20,7 @@ import json
 import os
 import queue
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -712,17 +713,18 @@ class Hints:
         finally:
             _close_quietly(connection)
 
-    def run(self) -> None:
-        """Listen for the life of the process."""
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Listen for the life of the process, or until `stop` is set."""
+        stop = stop or threading.Event()
         failures = 0
-        while True:
+        while not stop.is_set():
             try:
-                self._listen()
+                self._listen(stop)
             except Exception:  # noqa: BLE001 - any failure: reconnect after a pause
                 failures += 1
-                time.sleep(retry_delay(min(failures, 3)))  # back within a few seconds of the broker
+                stop.wait(retry_delay(min(failures, 3)))  # back within a few seconds of the broker
 
-    def _listen(self) -> None:
+    def _listen(self, stop: threading.Event) -> None:
         connection = open_connection(self._settings)
         try:
             channel = connection.channel()
@@ -731,7 +733,7 @@ class Hints:
             channel.queue_bind(queue_name, self._exchange, self._routing_key)
             channel.basic_consume(queue_name, lambda _c, _m, _p, body: self._on_body(body), auto_ack=True)
             self._on_connected()
-            while True:
+            while not stop.is_set():
                 connection.process_data_events(time_limit=1.0)
         finally:
             _close_quietly(connection)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -21,11 +21,23 @@ def stack(running_services: None, tmp_path_factory: pytest.TempPathFactory) -> I
         yield running
 
 
-def _listen(hints: Hints) -> None:
-    threading.Thread(target=hints.run, daemon=True).start()
+@pytest.fixture
+def listen() -> Iterator[Callable[[Hints], None]]:
+    """Start listeners that stop with the test (not reconnecting to a broker gone after it)."""
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def start(hints: Hints) -> None:
+        threads.append(threading.Thread(target=hints.run, args=(stop,), daemon=True))
+        threads[-1].start()
+
+    yield start
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=10)
 
 
-def test_a_notice_reaches_the_accepting_ledger_and_no_other(stack: Stack) -> None:
+def test_a_notice_reaches_the_accepting_ledger_and_no_other(stack: Stack, listen: Callable[[Hints], None]) -> None:
     # Given listeners where notices went before (the fanout every ledger followed) and
     # under another process's ledger key
     settings = Settings.from_env(stack.env)
@@ -33,9 +45,9 @@ def test_a_notice_reaches_the_accepting_ledger_and_no_other(stack: Stack) -> Non
     to_all: list[bytes] = []
     to_another: list[bytes] = []
     connected = threading.Barrier(3, timeout=30)
-    _listen(Hints(settings, names.settled, to_all.append, connected.wait, durable=True))
+    listen(Hints(settings, names.settled, to_all.append, connected.wait, durable=True))
     another = uuid.uuid4().hex
-    _listen(Hints(settings, names.ledgers, to_another.append, connected.wait, durable=True, routing_key=another))
+    listen(Hints(settings, names.ledgers, to_another.append, connected.wait, durable=True, routing_key=another))
     connected.wait()
     user = stack.api.new_user("notices")
 
